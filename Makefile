@@ -1,0 +1,39 @@
+# Every target bootstraps .venv when it is missing (plain pip; the torch builds pinned here
+# are the ones found on this project's machines — elsewhere install your own torch first
+# and run `pip install -e .[dev]`).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
+STAMP := $(VENV)/.installed
+ARGS ?=
+
+.PHONY: setup train test test-fast test-all eval clean-logs help
+
+help:
+	@echo "make setup      create .venv and install mematte[dev]"
+	@echo "make train      train the tiny ViTMatte on synthetic data (CPU, minutes); ARGS='key=value ...'"
+	@echo "make test       full test suite (slow tests included)"
+	@echo "make test-fast  pytest -m 'not slow' (< 5 min)"
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet $(TORCH_PINS)
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	@touch $(STAMP)
+
+setup: $(STAMP)
+
+train: $(STAMP)
+	$(BIN)/python train.py $(ARGS)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
+
+clean-logs:
+	rm -rf logs

@@ -1,0 +1,209 @@
+"""The Hydra mains behind ``train.py`` and ``eval.py`` (the entry scripts only parse config)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger("mematte")
+
+
+# --------------------------------------------------------------------------- helpers
+def apply_extras(cfg: DictConfig) -> None:
+    """Run-wide settings: W&B mode default, warnings, config printout."""
+    extras = cfg.get("extras") or {}
+    # W&B has no server on many research machines: offline unless the user asked otherwise.
+    os.environ.setdefault("WANDB_MODE", str(extras.get("wandb_mode", "offline")))
+    os.environ.setdefault("WANDB_SILENT", "true")
+    if extras.get("ignore_warnings"):
+        warnings.filterwarnings("ignore")
+    if extras.get("print_config"):
+        print_config(cfg)
+
+
+def print_config(cfg: DictConfig) -> None:
+    """Print the composed config as a rich tree (one branch per top-level group)."""
+    import rich
+    import rich.syntax
+    import rich.tree
+
+    tree = rich.tree.Tree("CONFIG", guide_style="dim")
+    for key, value in cfg.items():
+        branch = tree.add(str(key))
+        text = OmegaConf.to_yaml(value, resolve=False) if OmegaConf.is_config(value) else str(value)
+        branch.add(rich.syntax.Syntax(text, "yaml"))
+    rich.print(tree)
+
+
+def instantiate_list(cfg: DictConfig | None) -> list[Any]:
+    """Instantiate every ``_target_`` entry of a mapping config (callbacks, loggers)."""
+    if not cfg:
+        return []
+    return [instantiate(c) for c in cfg.values() if c is not None and "_target_" in c]
+
+
+def write_json(path: Path, payload: dict[str, Any]) -> None:
+    """Write JSON atomically (temp file + rename), so a crash never leaves half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def scalar_metrics(metrics: dict[str, Any], prefix: str) -> dict[str, float]:
+    """``{"val/sad": tensor(1.2), ...}`` → ``{"sad": 1.2}`` for keys starting with ``prefix``."""
+    return {
+        k[len(prefix) :]: float(v)
+        for k, v in metrics.items()
+        if k.startswith(prefix)
+    }
+
+
+def build_net(model_cfg: DictConfig | dict) -> torch.nn.Module:
+    """Instantiate the matting net from its (possibly resolved) config."""
+    return instantiate(model_cfg, _convert_="partial")
+
+
+def build_module(cfg: DictConfig):
+    """The LightningModule of a train config, with the resolved net config attached."""
+    net_config = OmegaConf.to_container(cfg.model, resolve=True)
+    net = build_net(cfg.model)
+    return instantiate(cfg.module, net=net, net_config=net_config, _convert_="partial")
+
+
+def choice(group: str) -> str | None:
+    """The option picked for a config group in this Hydra run (e.g. ``data`` → ``synthetic``)."""
+    try:
+        return HydraConfig.get().runtime.choices.get(group)
+    except ValueError:  # not inside a Hydra app (e.g. called from a notebook)
+        return None
+
+
+# --------------------------------------------------------------------------- train
+def train(cfg: DictConfig) -> float | None:
+    """Fit, then test the best checkpoint. Returns the best validation SAD (for sweepers).
+
+    Writes ``<output_dir>/metrics.json`` with the untrained and final validation metrics,
+    the test metrics and the wall time.
+    """
+    import lightning as L
+
+    apply_extras(cfg)
+    L.seed_everything(cfg.seed, workers=True)
+    output_dir = Path(cfg.paths.output_dir)
+
+    datamodule = instantiate(cfg.data, _convert_="partial")
+    module = build_module(cfg)
+    callbacks = instantiate_list(cfg.get("callbacks"))
+    loggers = instantiate_list(cfg.get("logger"))
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+
+    summary: dict[str, Any] = {"config": OmegaConf.to_container(cfg, resolve=True)}
+    if cfg.get("validate_before_training") and not trainer.fast_dev_run:
+        trainer.validate(module, datamodule=datamodule, verbose=False)
+        summary["val_untrained"] = scalar_metrics(trainer.callback_metrics, "val/")
+        log.info("untrained validation: %s", summary["val_untrained"])
+
+    start = time.perf_counter()
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    summary["train_seconds"] = time.perf_counter() - start
+    summary["global_step"] = trainer.global_step
+    summary["val_final"] = scalar_metrics(trainer.callback_metrics, "val/")
+
+    ckpt_cb = trainer.checkpoint_callback
+    best = getattr(ckpt_cb, "best_model_path", "") if ckpt_cb is not None else ""
+    summary["best_checkpoint"] = best or None
+    best_score = getattr(ckpt_cb, "best_model_score", None) if ckpt_cb is not None else None
+
+    if cfg.get("test"):
+        trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False)
+        summary["test"] = scalar_metrics(trainer.callback_metrics, "test/")
+
+    if trainer.is_global_zero:
+        write_json(output_dir / "metrics.json", summary)
+        log.info("train summary written to %s", output_dir / "metrics.json")
+    return float(best_score) if best_score is not None else None
+
+
+# --------------------------------------------------------------------------- eval
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load a Lightning checkpoint written by :func:`train`, with a clear error if unusable."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path} (pass ckpt_path=<run>/checkpoints/last.ckpt)")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # corrupt / truncated file
+        raise RuntimeError(f"cannot read checkpoint {path}: {err}. Is the file complete?") from err
+    if "state_dict" not in ckpt or "mematte" not in ckpt:
+        raise ValueError(
+            f"{path} is not a mematte training checkpoint (no 'state_dict'/'mematte' entries)"
+        )
+    return ckpt
+
+
+def net_from_checkpoint(ckpt: dict[str, Any]) -> torch.nn.Module:
+    """Rebuild the net from the config stored in a checkpoint and load its weights."""
+    net_config = ckpt["mematte"].get("net_config")
+    if not net_config:
+        raise ValueError("checkpoint stores no net config; it was not written by mematte.train")
+    net = build_net(net_config)
+    state = {k[len("net.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
+    net.load_state_dict(state, strict=True)
+    return net
+
+
+def evaluate(cfg: DictConfig) -> dict[str, float]:
+    """Score a checkpoint on a split at full resolution; writes a metrics JSON.
+
+    The JSON goes to this run's output dir and next to the checkpoint's run
+    (``<run>/eval/<data>_<split>.json``).
+    """
+    import lightning as L
+
+    from mematte.lit_module import MattingModule
+
+    apply_extras(cfg)
+    L.seed_everything(cfg.seed, workers=True)
+    if cfg.split not in ("test", "val"):
+        raise ValueError(f"split={cfg.split!r}: choose test or val")
+    ckpt_path = Path(cfg.ckpt_path)
+    ckpt = load_checkpoint(ckpt_path)
+    net = net_from_checkpoint(ckpt)
+    module = MattingModule(net=net, eval_region=cfg.eval_region)
+
+    datamodule = instantiate(cfg.data, _convert_="partial")
+    loader = datamodule.test_dataloader() if cfg.split == "test" else datamodule.val_dataloader()
+    loggers = instantiate_list(cfg.get("logger"))
+    trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=[])
+    start = time.perf_counter()
+    trainer.test(module, dataloaders=loader, verbose=True)
+    seconds = time.perf_counter() - start
+    metrics = scalar_metrics(trainer.callback_metrics, "test/")
+
+    data_name = choice("data") or "data"
+    payload = {
+        "checkpoint": str(ckpt_path.resolve()),
+        "data": data_name,
+        "split": cfg.split,
+        "region": cfg.eval_region,
+        "num_images": len(loader.dataset),
+        "metrics": metrics,
+        "seconds": seconds,
+        "checkpoint_step": ckpt.get("global_step"),
+    }
+    write_json(Path(cfg.paths.output_dir) / "metrics.json", payload)
+    run_dir = ckpt_path.resolve().parent.parent
+    write_json(run_dir / "eval" / f"{data_name}_{cfg.split}.json", payload)
+    log.info("metrics: %s", metrics)
+    return metrics

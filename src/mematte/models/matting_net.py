@@ -1,0 +1,126 @@
+"""ViTMatte / MEMatte: ViT backbone over RGB + trimap, then the detail-capture decoder.
+
+One class for both: a backbone built without routers is ViTMatte; with routed global blocks it
+is MEMatte. The input normalisation lives here as buffers so that it travels with the weights
+(the official code normalises with ImageNet statistics; other ports use 0.5).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mematte.models.decoder import DetailCapture
+from mematte.models.vit import RoutingInfo, ViT
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class MattingOutput:
+    """Net result.
+
+    Attributes:
+        alpha: (B, 1, H, W) in [0, 1], cropped back to the input size.
+        features: (B, C, Hp/16, Wp/16) last backbone features (for distillation).
+        routing: per routed block decisions (empty for ViTMatte).
+    """
+
+    alpha: Tensor
+    features: Tensor
+    routing: list[RoutingInfo] = field(default_factory=list)
+
+
+def pad_to_multiple(x: Tensor, multiple: int) -> Tensor:
+    """Zero-pad bottom/right so H and W are multiples of ``multiple``.
+
+    Only the sides that need it are padded (the public ViTMatte code adds a full ``multiple``
+    to a side that is already aligned when the other is not; we do not).
+
+    Args:
+        x: (B, C, H, W).
+
+    Returns:
+        (B, C, Hp, Wp).
+    """
+    h, w = x.shape[-2:]
+    pad_h = (multiple - h % multiple) % multiple
+    pad_w = (multiple - w % multiple) % multiple
+    if pad_h or pad_w:
+        x = F.pad(x, (0, pad_w, 0, pad_h))
+    return x
+
+
+class MattingNet(nn.Module):
+    """Alpha matting network.
+
+    Args:
+        backbone: the ViT (optionally with routed global blocks).
+        decoder: the detail-capture decoder; its ``in_chans`` must equal the backbone width.
+        pixel_mean, pixel_std: RGB normalisation applied to images in [0, 1].
+        size_divisor: inputs are zero-padded (after normalisation) to a multiple of this.
+    """
+
+    def __init__(
+        self,
+        backbone: ViT,
+        decoder: DetailCapture,
+        pixel_mean: Sequence[float] = IMAGENET_MEAN,
+        pixel_std: Sequence[float] = IMAGENET_STD,
+        size_divisor: int = 32,
+    ) -> None:
+        super().__init__()
+        if size_divisor % backbone.patch_size:
+            raise ValueError(
+                f"size_divisor={size_divisor} must be a multiple of the patch size "
+                f"{backbone.patch_size}"
+            )
+        self.backbone = backbone
+        self.decoder = decoder
+        self.size_divisor = size_divisor
+        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(1, 3, 1, 1))
+        self.register_buffer("pixel_std", torch.tensor(pixel_std).view(1, 3, 1, 1))
+
+    @property
+    def is_routed(self) -> bool:
+        """True for MEMatte (some global block has a router)."""
+        return len(self.backbone.routed_blocks) > 0
+
+    def prepare_inputs(self, image: Tensor, trimap: Tensor) -> Tensor:
+        """Normalise RGB, append the trimap, pad.
+
+        Args:
+            image: (B, 3, H, W) RGB in [0, 1].
+            trimap: (B, 1, H, W) in {0, 0.5, 1}.
+
+        Returns:
+            (B, 4, Hp, Wp) network input.
+        """
+        if image.shape[-2:] != trimap.shape[-2:]:
+            raise ValueError(
+                f"image {tuple(image.shape[-2:])} and trimap {tuple(trimap.shape[-2:])} differ in size"
+            )
+        x = torch.cat([(image - self.pixel_mean) / self.pixel_std, trimap.to(image.dtype)], dim=1)
+        return pad_to_multiple(x, self.size_divisor)
+
+    def forward(self, image: Tensor, trimap: Tensor) -> MattingOutput:
+        """image: (B, 3, H, W) in [0, 1], trimap: (B, 1, H, W) in {0, 0.5, 1} → alpha (B, 1, H, W)."""
+        h, w = image.shape[-2:]
+        x = self.prepare_inputs(image, trimap)
+        out = self.backbone(x)
+        alpha = self.decoder(out.features, x)[..., :h, :w]
+        return MattingOutput(alpha=alpha, features=out.features, routing=out.routing)
+
+
+def clamp_to_trimap(alpha: Tensor, trimap: Tensor) -> Tensor:
+    """Force known regions: 0 where the trimap is background, 1 where it is foreground.
+
+    alpha, trimap: (B, 1, H, W) → (B, 1, H, W).
+    """
+    alpha = torch.where(trimap <= 0.0, torch.zeros_like(alpha), alpha)
+    return torch.where(trimap >= 1.0, torch.ones_like(alpha), alpha)

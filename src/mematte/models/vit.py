@@ -1,0 +1,321 @@
+"""ViTDet-style plain ViT used by ViTMatte: window attention, a few global blocks, conv residuals.
+
+Module names follow the official ViTMatte code (``patch_embed.proj``, ``blocks.{i}.attn.qkv``,
+``blocks.{i}.residual.conv1`` …) so official checkpoints map onto it with few renames.
+
+Token grids are kept as (B, H, W, C) between blocks (as detectron2 does) because both window
+partitioning and the conv residual blocks need the 2-D layout.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from timm.layers import DropPath, LayerNorm2d, Mlp, resample_abs_pos_embed, trunc_normal_
+
+from mematte.models.attention import Attention, AttentionImpl
+
+
+def window_partition(x: Tensor, window_size: int) -> tuple[Tensor, tuple[int, int]]:
+    """Split a grid into non-overlapping windows, zero-padding bottom/right.
+
+    Args:
+        x: (B, H, W, C).
+        window_size: window side S.
+
+    Returns:
+        windows: (B·nW, S, S, C) and the padded grid size (Hp, Wp).
+    """
+    b, h, w, c = x.shape
+    pad_h = (window_size - h % window_size) % window_size
+    pad_w = (window_size - w % window_size) % window_size
+    if pad_h or pad_w:
+        x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
+    hp, wp = h + pad_h, w + pad_w
+    x = x.view(b, hp // window_size, window_size, wp // window_size, window_size, c)
+    windows = x.permute(0, 1, 3, 2, 4, 5).reshape(-1, window_size, window_size, c)
+    return windows, (hp, wp)
+
+
+def window_unpartition(
+    windows: Tensor, window_size: int, padded: tuple[int, int], size: tuple[int, int]
+) -> Tensor:
+    """Inverse of :func:`window_partition`: (B·nW, S, S, C) → (B, H, W, C), padding removed."""
+    hp, wp = padded
+    h, w = size
+    b = windows.shape[0] // (hp * wp // window_size // window_size)
+    x = windows.view(b, hp // window_size, wp // window_size, window_size, window_size, -1)
+    x = x.permute(0, 1, 3, 2, 4, 5).reshape(b, hp, wp, -1)
+    return x[:, :h, :w, :].contiguous()
+
+
+class ResBottleneck(nn.Module):
+    """Residual conv bottleneck after the global blocks (ViTDet's ``ResBottleneckBlock``).
+
+    1×1 C→C/2, LN, GELU, 3×3, LN, GELU, 1×1 C/2→C, LN (zero-initialised so the block starts
+    as identity), added to the input.
+    """
+
+    def __init__(self, dim: int, bottleneck_dim: int | None = None) -> None:
+        super().__init__()
+        mid = bottleneck_dim or dim // 2
+        self.conv1 = nn.Conv2d(dim, mid, 1, bias=False)
+        self.norm1 = LayerNorm2d(mid)
+        self.act1 = nn.GELU()
+        self.conv2 = nn.Conv2d(mid, mid, 3, padding=1, bias=False)
+        self.norm2 = LayerNorm2d(mid)
+        self.act2 = nn.GELU()
+        self.conv3 = nn.Conv2d(mid, dim, 1, bias=False)
+        self.norm3 = LayerNorm2d(dim)
+        for conv in (self.conv1, self.conv2, self.conv3):
+            # detectron2's c2_msra_fill
+            nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+        nn.init.zeros_(self.norm3.weight)
+        nn.init.zeros_(self.norm3.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x: (B, C, H, W) → (B, C, H, W)."""
+        out = self.act1(self.norm1(self.conv1(x)))
+        out = self.act2(self.norm2(self.conv2(out)))
+        out = self.norm3(self.conv3(out))
+        return x + out
+
+
+@dataclass
+class RoutingInfo:
+    """What a routed block decided, for the keep-ratio loss, logging and routing maps.
+
+    Attributes:
+        decision: (B, N) float, 1 = token went to global attention (hard, straight-through
+            gradients during training).
+        log_probs: (B, N, 2) router log-probabilities (index 0 = global attention), or None.
+        grid: (H, W) token grid, ``H·W = N``.
+    """
+
+    decision: Tensor
+    log_probs: Tensor | None
+    grid: tuple[int, int]
+
+
+@dataclass
+class BackboneOutput:
+    """Backbone result: last features (B, C, H/16, W/16) and per-routed-block decisions."""
+
+    features: Tensor
+    routing: list[RoutingInfo] = field(default_factory=list)
+
+
+class Block(nn.Module):
+    """Transformer block over a (B, H, W, C) grid: window or global attention, MLP, residual.
+
+    Args:
+        dim: channels C.  num_heads: attention heads.  mlp_ratio: MLP hidden = C·ratio.
+        qkv_bias: bias in qkv.  drop_path: stochastic depth rate.
+        window_size: > 0 for window attention over S×S windows, 0 for global attention.
+        use_rel_pos: decomposed relative position bias.
+        rel_pos_grid: grid side the rel-pos tables are sized for.
+        use_residual_block: add a :class:`ResBottleneck` after the block.
+        attn_impl: ``"sdpa"`` or ``"naive"`` (see :mod:`mematte.models.attention`).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        drop_path: float = 0.0,
+        window_size: int = 0,
+        use_rel_pos: bool = False,
+        rel_pos_grid: int = 14,
+        use_residual_block: bool = False,
+        attn_impl: AttentionImpl = "sdpa",
+    ) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.attn = Attention(
+            dim,
+            num_heads=num_heads,
+            qkv_bias=qkv_bias,
+            use_rel_pos=use_rel_pos,
+            rel_pos_grid=window_size if window_size > 0 else rel_pos_grid,
+            attn_impl=attn_impl,
+        )
+        self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = Mlp(in_features=dim, hidden_features=int(dim * mlp_ratio), act_layer=nn.GELU)
+        self.window_size = window_size
+        self.residual = ResBottleneck(dim) if use_residual_block else None
+
+    def mix_tokens(self, x: Tensor) -> tuple[Tensor, RoutingInfo | None]:
+        """Token-mixing branch (before the shortcut add). x: (B, H, W, C) → (B, H, W, C).
+
+        Routed blocks override this; they return their routing decisions as well.
+        """
+        y = self.norm1(x)
+        if self.window_size > 0:
+            h, w = y.shape[1:3]
+            windows, padded = window_partition(y, self.window_size)
+            windows = self.attn(windows)
+            return window_unpartition(windows, self.window_size, padded, (h, w)), None
+        return self.attn(y), None
+
+    def forward(self, x: Tensor) -> tuple[Tensor, RoutingInfo | None]:
+        """x: (B, H, W, C) → ((B, H, W, C), routing info or None)."""
+        mixed, routing = self.mix_tokens(x)
+        x = x + self.drop_path(mixed)
+        x = x + self.drop_path(self.mlp(self.norm2(x)))
+        if self.residual is not None:
+            x = self.residual(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        return x, routing
+
+
+# Builds the block placed at a global-attention index: called with the keyword arguments of
+# :class:`Block` (MEMatte's routed block accepts the same ones). ``None`` means plain Block.
+GlobalBlockFactory = Callable[..., nn.Module]
+
+
+class ViT(nn.Module):
+    """Plain ViT backbone (ViTDet / ViTMatte) over RGB + trimap.
+
+    Args:
+        in_chans: input channels (4 = normalised RGB + trimap).
+        patch_size: patch side (16).
+        embed_dim: C.  depth: blocks.  num_heads: heads.  mlp_ratio: MLP ratio.
+        qkv_bias: bias in qkv.  drop_path_rate: stochastic depth, linear in depth.
+        window_size: window side for the window-attention blocks (14).
+        global_block_indexes: blocks with global attention (2, 5, 8, 11).
+        residual_block_indexes: blocks followed by a conv bottleneck (2, 5, 8, 11).
+        use_rel_pos: decomposed rel-pos in every plain block (window and global).
+        rel_pos_grid: grid side of the global blocks' rel-pos tables (32 = 512 px / 16).
+        pretrain_img_size: image size of the absolute pos-embed (224 → 14×14 grid).
+        pretrain_use_cls_token: the pos-embed has a class slot (dropped when resized).
+        attn_impl: ``"sdpa"`` (fused kernels) or ``"naive"`` (paper-faithful N×N).
+        global_block: factory for the blocks at ``global_block_indexes`` (MEMatte's routed
+            block); ``None`` builds a plain global :class:`Block` (ViTMatte).
+    """
+
+    def __init__(
+        self,
+        in_chans: int = 4,
+        patch_size: int = 16,
+        embed_dim: int = 384,
+        depth: int = 12,
+        num_heads: int = 6,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        drop_path_rate: float = 0.0,
+        window_size: int = 14,
+        global_block_indexes: Sequence[int] = (2, 5, 8, 11),
+        residual_block_indexes: Sequence[int] = (2, 5, 8, 11),
+        use_rel_pos: bool = True,
+        rel_pos_grid: int = 32,
+        pretrain_img_size: int = 224,
+        pretrain_use_cls_token: bool = True,
+        attn_impl: AttentionImpl = "sdpa",
+        global_block: GlobalBlockFactory | None = None,
+    ) -> None:
+        super().__init__()
+        bad = [i for i in (*global_block_indexes, *residual_block_indexes) if not 0 <= i < depth]
+        if bad:
+            raise ValueError(f"block indexes {bad} out of range for depth={depth}")
+        self.embed_dim = embed_dim
+        self.patch_size = patch_size
+        self.depth = depth
+        self.global_block_indexes = tuple(int(i) for i in global_block_indexes)
+        self.patch_embed = PatchEmbed(in_chans, embed_dim, patch_size)
+        grid = pretrain_img_size // patch_size
+        self.pretrain_grid = grid
+        self.num_prefix_tokens = 1 if pretrain_use_cls_token else 0
+        self.pos_embed = nn.Parameter(torch.zeros(1, grid * grid + self.num_prefix_tokens, embed_dim))
+        dpr = [float(r) for r in torch.linspace(0, drop_path_rate, depth)]
+        self.blocks = nn.ModuleList()
+        for i in range(depth):
+            is_global = i in self.global_block_indexes
+            kwargs = dict(
+                dim=embed_dim,
+                num_heads=num_heads,
+                mlp_ratio=mlp_ratio,
+                qkv_bias=qkv_bias,
+                drop_path=dpr[i],
+                window_size=0 if is_global else window_size,
+                use_rel_pos=use_rel_pos,
+                rel_pos_grid=rel_pos_grid,
+                use_residual_block=i in residual_block_indexes,
+                attn_impl=attn_impl,
+            )
+            factory = global_block if (is_global and global_block is not None) else Block
+            self.blocks.append(factory(**kwargs))
+        trunc_normal_(self.pos_embed, std=0.02)
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(m: nn.Module) -> None:
+        if isinstance(m, nn.Linear):
+            trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+    @property
+    def routed_blocks(self) -> list[nn.Module]:
+        """The blocks that carry a router (empty for ViTMatte)."""
+        return [b for b in self.blocks if getattr(b, "router", None) is not None]
+
+    def abs_pos(self, grid: tuple[int, int]) -> Tensor:
+        """Absolute pos-embed resized to the token grid: (1, H, W, C).
+
+        Bicubic without antialias, class slot dropped, as detectron2's ``get_abs_pos``.
+        """
+        h, w = grid
+        pos = self.pos_embed[:, self.num_prefix_tokens :]
+        if (h, w) != (self.pretrain_grid, self.pretrain_grid):
+            pos = resample_abs_pos_embed(
+                pos,
+                new_size=[h, w],
+                old_size=[self.pretrain_grid, self.pretrain_grid],
+                num_prefix_tokens=0,
+                interpolation="bicubic",
+                antialias=False,
+            )
+        return pos.reshape(1, h, w, -1)
+
+    def forward(self, x: Tensor) -> BackboneOutput:
+        """x: (B, in_chans, H, W), H and W multiples of the patch size → features (B, C, H/16, W/16)."""
+        x = self.patch_embed(x)  # (B, h, w, C)
+        x = x + self.abs_pos(x.shape[1:3]).to(x.dtype)
+        routing: list[RoutingInfo] = []
+        for blk in self.blocks:
+            x, info = blk(x)
+            if info is not None:
+                routing.append(info)
+        return BackboneOutput(features=x.permute(0, 3, 1, 2).contiguous(), routing=routing)
+
+
+class PatchEmbed(nn.Module):
+    """Non-overlapping patch embedding: (B, C_in, H, W) → (B, H/p, W/p, C)."""
+
+    def __init__(self, in_chans: int, embed_dim: int, patch_size: int) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.proj(x).permute(0, 2, 3, 1)
+
+
+__all__ = [
+    "BackboneOutput",
+    "Block",
+    "PatchEmbed",
+    "ResBottleneck",
+    "RoutingInfo",
+    "ViT",
+    "window_partition",
+    "window_unpartition",
+]
