@@ -76,9 +76,11 @@ def build_net(model_cfg: DictConfig | dict) -> torch.nn.Module:
 
 def build_module(cfg: DictConfig):
     """The LightningModule of a train config, with the resolved net config attached."""
-    net_config = OmegaConf.to_container(cfg.model, resolve=True)
     net = build_net(cfg.model)
-    return instantiate(cfg.module, net=net, net_config=net_config, _convert_="partial")
+    module = instantiate(cfg.module, net=net, _convert_="partial")
+    # Set after instantiation: passed as a kwarg, Hydra would instantiate its `_target_`s.
+    module.hparams.net_config = OmegaConf.to_container(cfg.model, resolve=True)
+    return module
 
 
 def choice(group: str) -> str | None:
@@ -104,8 +106,10 @@ def train(cfg: DictConfig) -> float | None:
 
     datamodule = instantiate(cfg.data, _convert_="partial")
     module = build_module(cfg)
-    callbacks = instantiate_list(cfg.get("callbacks"))
     loggers = instantiate_list(cfg.get("logger"))
+    callbacks = instantiate_list(cfg.get("callbacks"))
+    if not loggers:  # nothing to report learning rates to
+        callbacks = [c for c in callbacks if not isinstance(c, L.pytorch.callbacks.LearningRateMonitor)]
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
     summary: dict[str, Any] = {"config": OmegaConf.to_container(cfg, resolve=True)}
@@ -142,7 +146,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path} (pass ckpt_path=<run>/checkpoints/last.ckpt)")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # corrupt / truncated file
         raise RuntimeError(f"cannot read checkpoint {path}: {err}. Is the file complete?") from err
     if "state_dict" not in ckpt or "mematte" not in ckpt:

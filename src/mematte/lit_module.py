@@ -28,7 +28,7 @@ def environment_versions() -> dict[str, str]:
 
     return {
         "mematte": mematte.__version__,
-        "torch": torch.__version__,
+        "torch": str(torch.__version__),
         "lightning": lightning.__version__,
         "python": platform.python_version(),
     }
@@ -65,9 +65,12 @@ class MattingModule(LightningModule):
         net_config: dict | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(logger=False, ignore=["net", "loss"])
+        # Only plain values go to hparams so checkpoints load with torch.load(weights_only=True).
+        self.save_hyperparameters(logger=False, ignore=["net", "loss", "optimizer", "scheduler"])
         self.net = net
         self.loss = loss
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
         self.val_metrics = MattingMetrics(region=eval_region).clone(prefix="val/")
         self.test_metrics = MattingMetrics(region=eval_region).clone(prefix="test/")
 
@@ -114,7 +117,7 @@ class MattingModule(LightningModule):
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self) -> dict[str, Any]:
-        if self.hparams.optimizer is None or self.loss is None:
+        if self.optimizer_factory is None or self.loss is None:
             raise ValueError("MattingModule was built without optimizer/loss: it can evaluate, not train")
         groups = param_groups(
             self.net,
@@ -123,11 +126,11 @@ class MattingModule(LightningModule):
             layer_decay=self.hparams.layer_decay,
         )
         # Each group carries its own layer-decayed lr; the optimiser's lr is the base value.
-        optimizer = self.hparams.optimizer(params=groups, lr=self.hparams.lr)
-        if self.hparams.scheduler is None:
+        optimizer = self.optimizer_factory(params=groups, lr=self.hparams.lr)
+        if self.scheduler_factory is None:
             return {"optimizer": optimizer}
         total = int(self.trainer.estimated_stepping_batches)
-        scheduler = self.hparams.scheduler(optimizer=optimizer, total_steps=total)
+        scheduler = self.scheduler_factory(optimizer=optimizer, total_steps=total)
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1},

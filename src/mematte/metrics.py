@@ -389,8 +389,10 @@ class _PerImageMattingMetric(Metric):
         for index in range(pred_u8.shape[0]):
             mask = region_mask(trimap_u8[index, 0], self.region)
             batch_total += type(self).per_image_error(pred_u8[index, 0], target_u8[index, 0], mask)
-        self.total += batch_total * self.scale
-        self.count += pred_u8.shape[0]
+        # Out of place: states reset under inference mode (validation before fit) are
+        # inference tensors, which refuse in-place updates outside inference mode.
+        self.total = self.total + batch_total * self.scale
+        self.count = self.count + pred_u8.shape[0]
 
     def compute(self) -> torch.Tensor:
         """Mean per-image error (float64 scalar); 0 before any update."""
