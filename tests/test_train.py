@@ -116,7 +116,8 @@ def test_ddp_two_cpu_processes(tmp_path):
     run_entry(
         "train.py",
         [*overrides, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
-         "trainer.precision=32-true", "trainer.max_steps=3", "trainer.val_check_interval=3",
+         "trainer.precision=32-true", "trainer.sync_batchnorm=false", "trainer.max_steps=3",
+         "trainer.val_check_interval=3",
          f"hydra.run.dir={run_dir}"],
         cwd=tmp_path,
     )
