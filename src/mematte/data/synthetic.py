@@ -50,6 +50,7 @@ from mematte.data.composition import (
     trimap_from_alpha,
     trimap_to_uint8,
 )
+from mematte.metrics import to_uint8
 
 __all__ = [
     "SPLIT_IDS",
@@ -1288,8 +1289,11 @@ class SyntheticMattingEvalSet(Dataset):
 # Export
 # --------------------------------------------------------------------------------------------
 def _to_uint8(tensor: torch.Tensor) -> np.ndarray:
-    """(C, H, W) float in [0, 1] -> (H, W, C) or (H, W) uint8 (rounded)."""
-    array = (tensor.detach().cpu().float().clamp(0, 1) * 255.0).round().to(torch.uint8).numpy()
+    """(C, H, W) float in [0, 1] -> (H, W, C) or (H, W) uint8.
+
+    Uses the metrics' quantiser so files on disk round exactly as predictions are scored.
+    """
+    array = to_uint8(tensor.detach().cpu().float().numpy())
     return array[0] if array.shape[0] == 1 else array.transpose(1, 2, 0)
 
 
