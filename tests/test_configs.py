@@ -12,15 +12,16 @@ from conftest import CONF_DIR
 ROOTS = sorted(p.stem for p in CONF_DIR.glob("*.yaml"))
 # Groups selected by the root configs, with every option on disk.
 GROUPS = {
-    d.name: sorted(p.stem for p in d.glob("*.yaml"))
+    # files starting with "_" are shared pieces included by options, not options
+    d.name: sorted(p.stem for p in d.glob("*.yaml") if not p.stem.startswith("_"))
     for d in sorted(CONF_DIR.iterdir())
     if d.is_dir() and d.name not in ("hydra",)
 }
 
 
 def test_layout_has_the_agreed_groups():
-    for group in ("paths", "data", "backbone", "decoder", "router", "model", "trainer", "logger",
-                  "callbacks", "extras", "debug", "experiment"):
+    for group in ("paths", "data", "backbone", "decoder", "router", "ltrm", "routing", "model",
+                  "trainer", "logger", "callbacks", "extras", "debug", "experiment"):
         assert GROUPS.get(group), f"conf/{group}/ is missing or empty"
 
 
@@ -36,11 +37,18 @@ def test_root_configs_compose(make_cfg, root):
     [(g, o) for g, opts in GROUPS.items() for o in opts if g not in ("paths", "extras")],
 )
 def test_every_group_option_composes_and_instantiates(make_cfg, group, option, tmp_path: Path):
-    cfg = make_cfg("train", [f"{group}={option}"])
+    # LTRM and routing options only act on a routed net
+    routed = ["router=local_global"] if group in ("ltrm", "routing") else []
+    cfg = make_cfg("train", [*routed, f"{group}={option}"])
     # Build what the option describes, cheaply (no trainer run).
-    if group in ("backbone", "decoder", "router", "model"):
+    if group in ("backbone", "decoder", "router", "model", "ltrm", "routing"):
         net = instantiate(cfg.model)
         assert net.backbone.embed_dim == cfg.backbone.embed_dim
+        assert net.is_routed == (cfg.router is not None)
+        if group == "routing":
+            objective = instantiate(cfg.module.routing)
+            assert objective.mode in ("batch", "image", "layer", "fixed")
+            assert objective.targets(0, len(net.backbone.routed_blocks))
     elif group == "data":
         dm = instantiate(cfg.data, _convert_="partial")
         assert dm is not None

@@ -15,6 +15,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from mematte.checkpoints import build_net, init_net_from, load_checkpoint, net_from_checkpoint
+
 log = logging.getLogger("mematte")
 
 
@@ -69,14 +71,11 @@ def scalar_metrics(metrics: dict[str, Any], prefix: str) -> dict[str, float]:
     }
 
 
-def build_net(model_cfg: DictConfig | dict) -> torch.nn.Module:
-    """Instantiate the matting net from its (possibly resolved) config."""
-    return instantiate(model_cfg, _convert_="partial")
-
-
 def build_module(cfg: DictConfig):
     """The LightningModule of a train config, with the resolved net config attached."""
     net = build_net(cfg.model)
+    if cfg.get("init_from"):
+        init_net_from(net, cfg.init_from)
     module = instantiate(cfg.module, net=net, _convert_="partial")
     # Set after instantiation: passed as a kwarg, Hydra would instantiate its `_target_`s.
     module.hparams.net_config = OmegaConf.to_container(cfg.model, resolve=True)
@@ -140,33 +139,6 @@ def train(cfg: DictConfig) -> float | None:
 
 
 # --------------------------------------------------------------------------- eval
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a Lightning checkpoint written by :func:`train`, with a clear error if unusable."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path} (pass ckpt_path=<run>/checkpoints/last.ckpt)")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # corrupt / truncated file
-        raise RuntimeError(f"cannot read checkpoint {path}: {err}. Is the file complete?") from err
-    if "state_dict" not in ckpt or "mematte" not in ckpt:
-        raise ValueError(
-            f"{path} is not a mematte training checkpoint (no 'state_dict'/'mematte' entries)"
-        )
-    return ckpt
-
-
-def net_from_checkpoint(ckpt: dict[str, Any]) -> torch.nn.Module:
-    """Rebuild the net from the config stored in a checkpoint and load its weights."""
-    net_config = ckpt["mematte"].get("net_config")
-    if not net_config:
-        raise ValueError("checkpoint stores no net config; it was not written by mematte.train")
-    net = build_net(net_config)
-    state = {k[len("net.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
-    net.load_state_dict(state, strict=True)
-    return net
-
-
 def evaluate(cfg: DictConfig) -> dict[str, float]:
     """Score a checkpoint on a split at full resolution; writes a metrics JSON.
 

@@ -1,7 +1,12 @@
-"""LightningModule wiring the matting net, its losses, metrics and optimisation."""
+"""LightningModule wiring the matting net, its losses, metrics and optimisation.
+
+For MEMatte it also carries the routing objective (keep-ratio loss and schedule), the frozen
+distillation teacher, and per-block kept-ratio logging in training, validation and test.
+"""
 
 from __future__ import annotations
 
+import logging
 import os
 import platform
 from collections.abc import Callable, Mapping
@@ -10,16 +15,18 @@ from typing import Any
 import lightning
 import torch
 from lightning import LightningModule
-from torch import Tensor
+from torch import Tensor, nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
-from mematte.losses import MattingLoss
-from mematte.metrics import MattingMetrics
+from mematte.losses import KeepRatioLoss, MattingLoss, distillation_loss
+from mematte.metrics import KeepRatio, MattingMetrics
 from mematte.models.matting_net import MattingNet, MattingOutput, clamp_to_trimap
+from mematte.models.vit import RoutingInfo
 from mematte.optim import param_groups
 
 Batch = Mapping[str, Any]
+log = logging.getLogger("mematte")
 
 
 def environment_versions() -> dict[str, str]:
@@ -50,6 +57,10 @@ class MattingModule(LightningModule):
         eval_region: metric region, ``"unknown"`` (trimap == 128) or ``"all"``.
         net_config: the resolved Hydra config of ``net``, stored in checkpoints so that a
             checkpoint alone rebuilds its model.
+        routing: keep-ratio objective of the routed blocks (MEMatte); unused for ViTMatte.
+        teacher: frozen net whose last backbone features the student matches (MSE); it is
+            kept out of checkpoints (re-attached from ``teacher.ckpt`` when resuming).
+        distill_weight: weight of the distillation term (1 in the paper).
     """
 
     def __init__(
@@ -63,16 +74,45 @@ class MattingModule(LightningModule):
         weight_decay: float = 0.1,
         eval_region: str = "unknown",
         net_config: dict | None = None,
+        routing: KeepRatioLoss | None = None,
+        teacher: nn.Module | None = None,
+        distill_weight: float = 1.0,
     ) -> None:
         super().__init__()
         # Only plain values go to hparams so checkpoints load with torch.load(weights_only=True).
-        self.save_hyperparameters(logger=False, ignore=["net", "loss", "optimizer", "scheduler"])
+        self.save_hyperparameters(
+            logger=False, ignore=["net", "loss", "optimizer", "scheduler", "routing", "teacher"]
+        )
         self.net = net
         self.loss = loss
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
+        self.routing = routing if net.is_routed else None
+        self.teacher = teacher.eval().requires_grad_(False) if teacher is not None else None
+        self.routed_block_indexes = net.backbone.routed_block_indexes
         self.val_metrics = MattingMetrics(region=eval_region).clone(prefix="val/")
         self.test_metrics = MattingMetrics(region=eval_region).clone(prefix="test/")
+        # Kept ratios at inference (argmax decisions), token-weighted over the split.
+        self.val_keep = self._keep_ratio_meters()
+        self.test_keep = self._keep_ratio_meters()
+
+    def _keep_ratio_meters(self) -> nn.ModuleDict:
+        names = ["mean"] + [f"block{i}" for i in self.routed_block_indexes]
+        return nn.ModuleDict({n: KeepRatio() for n in names}) if self.routed_block_indexes else nn.ModuleDict()
+
+    def train(self, mode: bool = True) -> "MattingModule":
+        super().train(mode)
+        if self.teacher is not None:  # the teacher stays frozen in eval mode (BatchNorm, dropout)
+            self.teacher.eval()
+        return self
+
+    def on_fit_start(self) -> None:
+        if not self.net.is_routed:
+            return
+        if self.routing is None:
+            log.info("no routing objective: the routers train from the matting loss alone")
+        if self.teacher is None and self.hparams.distill_weight > 0:
+            log.info("no teacher checkpoint given (teacher.ckpt=...): distillation loss is off")
 
     def forward(self, image: Tensor, trimap: Tensor) -> MattingOutput:
         """image (B, 3, H, W) in [0, 1], trimap (B, 1, H, W) in {0, 0.5, 1}."""
@@ -80,40 +120,87 @@ class MattingModule(LightningModule):
 
     # ------------------------------------------------------------------ training
     def compute_losses(self, batch: Batch, out: MattingOutput) -> dict[str, Tensor]:
-        """All loss terms of one batch; ``"loss"`` is the total that is optimised."""
-        return self.loss(out.alpha, batch["alpha"], batch["trimap"])
+        """All loss terms of one batch; ``"loss"`` is the total that is optimised.
+
+        Matting terms, plus for MEMatte the keep-ratio term (``"keep_ratio_loss"``) and,
+        with a teacher, the feature distillation term (``"distill"``).
+        """
+        losses = dict(self.loss(out.alpha, batch["alpha"], batch["trimap"]))
+        total = losses["loss"]
+        if self.routing is not None and self.routing.has_loss and out.routing:
+            decisions = [info.decision for info in out.routing]
+            losses["keep_ratio_loss"] = self.routing(decisions, self.global_step)
+            total = total + losses["keep_ratio_loss"]
+        if self.teacher is not None and self.hparams.distill_weight > 0:
+            with torch.no_grad():
+                x = self.teacher.prepare_inputs(batch["image"], batch["trimap"])
+                target = self.teacher.backbone(x).features
+            losses["distill"] = distillation_loss(out.features, target)
+            total = total + self.hparams.distill_weight * losses["distill"]
+        losses["loss"] = total
+        return losses
+
+    def on_train_batch_start(self, batch: Batch, batch_idx: int) -> None:
+        # Fixed top-K routing follows the scheduled share (annealing included).
+        if self.routing is not None and not self.routing.has_loss:
+            blocks = self.net.backbone.routed_blocks
+            for block, ratio in zip(blocks, self.routing.targets(self.global_step, len(blocks))):
+                block.keep_ratio = ratio
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         out = self(batch["image"], batch["trimap"])
         losses = self.compute_losses(batch, out)
         batch_size = batch["image"].shape[0]
         self.log("train/loss", losses["loss"], prog_bar=True, batch_size=batch_size)
-        self.log_dict(
-            {f"train/{k}": v for k, v in losses.items() if k != "loss"}, batch_size=batch_size
-        )
+        logged = {f"train/{k}": v for k, v in losses.items() if k != "loss"}
+        if out.routing:
+            logged.update(self._keep_ratios("train", out.routing))
+            if self.routing is not None:
+                targets = self.routing.targets(self.global_step, len(out.routing))
+                logged["train/keep_ratio_target"] = sum(targets) / len(targets)
+        self.log_dict(logged, batch_size=batch_size)
         return losses["loss"]
 
+    def _keep_ratios(self, stage: str, routing: list[RoutingInfo]) -> dict[str, Tensor]:
+        """Batch-average share of tokens sent to global attention, per routed block and mean."""
+        ratios = {
+            f"{stage}/keep_ratio/block{i}": info.decision.detach().float().mean()
+            for i, info in zip(self.routed_block_indexes, routing)
+        }
+        ratios[f"{stage}/keep_ratio"] = torch.stack(list(ratios.values())).mean()
+        return ratios
+
     # ------------------------------------------------------------------ evaluation
-    def predict_alpha(self, batch: Batch) -> Tensor:
-        """Full-resolution alpha clamped to the trimap's known regions: (B, 1, H, W)."""
+    def _evaluate_batch(self, batch: Batch, metrics: MattingMetrics, keep: nn.ModuleDict) -> None:
+        """Score a batch at full resolution, alpha clamped to the trimap's known regions."""
         out = self(batch["image"], batch["trimap"])
-        return clamp_to_trimap(out.alpha, batch["trimap"])
+        alpha = clamp_to_trimap(out.alpha, batch["trimap"])
+        metrics.update(alpha, batch["alpha"], batch["trimap"])
+        if out.routing:
+            for i, info in zip(self.routed_block_indexes, out.routing):
+                keep[f"block{i}"].update(info.decision)
+            keep["mean"].update(torch.cat([info.decision for info in out.routing], dim=1))
+
+    def _log_evaluation(self, stage: str, metrics: MattingMetrics, keep: nn.ModuleDict) -> None:
+        values = dict(metrics.compute())
+        for name, meter in keep.items():
+            key = f"{stage}/keep_ratio" if name == "mean" else f"{stage}/keep_ratio/{name}"
+            values[key] = meter.compute()
+            meter.reset()
+        self.log_dict(values, prog_bar=stage == "val", sync_dist=False)
+        metrics.reset()
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
-        alpha = self.predict_alpha(batch)
-        self.val_metrics.update(alpha, batch["alpha"], batch["trimap"])
+        self._evaluate_batch(batch, self.val_metrics, self.val_keep)
 
     def on_validation_epoch_end(self) -> None:
-        self.log_dict(self.val_metrics.compute(), prog_bar=True, sync_dist=False)
-        self.val_metrics.reset()
+        self._log_evaluation("val", self.val_metrics, self.val_keep)
 
     def test_step(self, batch: Batch, batch_idx: int) -> None:
-        alpha = self.predict_alpha(batch)
-        self.test_metrics.update(alpha, batch["alpha"], batch["trimap"])
+        self._evaluate_batch(batch, self.test_metrics, self.test_keep)
 
     def on_test_epoch_end(self) -> None:
-        self.log_dict(self.test_metrics.compute(), sync_dist=False)
-        self.test_metrics.reset()
+        self._log_evaluation("test", self.test_metrics, self.test_keep)
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self) -> dict[str, Any]:
@@ -138,8 +225,19 @@ class MattingModule(LightningModule):
 
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # The teacher is a frozen copy of another checkpoint: do not store it again.
+        state = checkpoint.get("state_dict", {})
+        for key in [k for k in state if k.startswith("teacher.")]:
+            del state[key]
         checkpoint["mematte"] = {
             "net_config": self.hparams.net_config,
             "seed": os.environ.get("PL_GLOBAL_SEED"),
             "versions": environment_versions(),
         }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Resuming a distillation run: the stored state has no teacher; use the one given.
+        if self.teacher is not None:
+            state = checkpoint.setdefault("state_dict", {})
+            for key, value in self.teacher.state_dict().items():
+                state.setdefault(f"teacher.{key}", value)

@@ -1,4 +1,6 @@
-"""ViTMatte training losses: unknown/known-region L1, Laplacian pyramid L1, gradient penalty.
+"""Training losses: ViTMatte's matting terms and MEMatte's keep-ratio and distillation terms.
+
+Matting terms: unknown/known-region L1, Laplacian pyramid L1, gradient penalty.
 
 All functions take float tensors ``(B, 1, H, W)``: ``pred`` and ``target`` alphas in [0, 1] and
 a ``trimap`` in {0, 0.5, 1} where 0.5 marks the unknown region U. They return a scalar tensor.
@@ -27,6 +29,8 @@ __all__ = [
     "laplacian_loss",
     "gradient_penalty_loss",
     "MattingLoss",
+    "KeepRatioLoss",
+    "distillation_loss",
 ]
 
 _UNKNOWN_VALUE = 0.5
@@ -245,3 +249,142 @@ class MattingLoss(nn.Module):
     def extra_repr(self) -> str:
         weights = ", ".join(f"{name}={weight}" for name, weight in self.weights.items())
         return f"{weights}, laplacian_levels={self.laplacian_levels}"
+
+
+KEEP_RATIO_MODES: tuple[str, ...] = ("batch", "image", "layer", "fixed")
+KEEP_RATIO_SCHEDULES: tuple[str, ...] = ("constant", "anneal")
+
+
+class KeepRatioLoss(nn.Module):
+    """Keep-ratio objective on the routers' hard decisions (MEMatte's BATR and its ablations).
+
+    With ``r_{l,b} = Σ_n d_{l,b,n} / N`` the share of image b's tokens that routed block l sends
+    to global attention:
+
+    - ``"batch"`` (BATR, the paper's): ``(mean_{l,b} r_{l,b} − t)²`` — only the batch-and-layer
+      average is constrained, so hard images and later blocks may take more tokens.
+    - ``"image"``: ``mean_b (mean_l r_{l,b} − t)²`` — every image meets the target.
+    - ``"layer"``: ``mean_l (mean_b r_{l,b} − t_l)²`` — a target per block (``layer_targets``).
+    - ``"fixed"``: no loss; the blocks keep a fixed top-K share (``selection: topk``) and the
+      targets below only set that share.
+
+    Every mode (averages weighted by tokens, so mixed image sizes count per token) follows a
+    target schedule: ``"constant"`` or ``"anneal"`` (linear from ``anneal_from`` to the
+    final target over the first ``anneal_steps`` optimiser steps).
+
+    Args:
+        mode: one of ``batch``, ``image``, ``layer``, ``fixed``.
+        target: final keep ratio of every block (0.25 in the paper).
+        layer_targets: optional final ratio per routed block, overriding ``target``.
+        weight: loss weight (1 in the paper).
+        schedule: ``constant`` or ``anneal``.
+        anneal_steps: steps of the anneal.
+        anneal_from: starting ratio of the anneal (1.0 = all tokens).
+        selection: the routed blocks' selection, checked against the mode (``topk`` exactly
+            when ``fixed``) so that a config cannot silently train the wrong thing.
+    """
+
+    def __init__(
+        self,
+        mode: str = "batch",
+        target: float = 0.25,
+        layer_targets: list[float] | None = None,
+        weight: float = 1.0,
+        schedule: str = "constant",
+        anneal_steps: int = 0,
+        anneal_from: float = 1.0,
+        selection: str | None = None,
+    ) -> None:
+        super().__init__()
+        if mode not in KEEP_RATIO_MODES:
+            raise ValueError(f"Unknown routing mode={mode!r}; choose one of {list(KEEP_RATIO_MODES)}")
+        if schedule not in KEEP_RATIO_SCHEDULES:
+            raise ValueError(
+                f"Unknown routing schedule={schedule!r}; choose one of {list(KEEP_RATIO_SCHEDULES)}"
+            )
+        ratios = [target] + list(layer_targets or []) + [anneal_from]
+        if any(not 0.0 < float(r) <= 1.0 for r in ratios):
+            raise ValueError(f"keep ratios must lie in (0, 1], got target={target}, "
+                             f"layer_targets={layer_targets}, anneal_from={anneal_from}")
+        if layer_targets is not None and mode in ("batch", "image"):
+            raise ValueError(f"layer_targets need routing mode 'layer' or 'fixed', not {mode!r}")
+        if schedule == "anneal" and anneal_steps <= 0:
+            raise ValueError("schedule=anneal needs anneal_steps > 0 (e.g. routing.anneal_steps=1000)")
+        expected = "topk" if mode == "fixed" else "gumbel"
+        if selection is not None and selection != expected:
+            raise ValueError(
+                f"routing mode {mode!r} needs the routed blocks' selection={expected!r}, got "
+                f"{selection!r}: pick the objective with routing=<batr|per_image|per_layer|fixed>"
+            )
+        self.mode = mode
+        self.target = float(target)
+        self.layer_targets = [float(t) for t in layer_targets] if layer_targets is not None else None
+        self.weight = float(weight)
+        self.schedule = schedule
+        self.anneal_steps = int(anneal_steps)
+        self.anneal_from = float(anneal_from)
+
+    @property
+    def has_loss(self) -> bool:
+        """False for ``fixed``: the share is imposed, not learned."""
+        return self.mode != "fixed"
+
+    def targets(self, step: int, num_blocks: int) -> list[float]:
+        """Scheduled target of each routed block at an optimiser step."""
+        finals = self.layer_targets if self.layer_targets is not None else [self.target] * num_blocks
+        if len(finals) != num_blocks:
+            raise ValueError(
+                f"routing.layer_targets has {len(finals)} entries for {num_blocks} routed blocks"
+            )
+        if self.schedule == "constant" or step >= self.anneal_steps:
+            return list(finals)
+        left = 1.0 - step / self.anneal_steps
+        return [t + (self.anneal_from - t) * left for t in finals]
+
+    def forward(self, decisions: list[torch.Tensor], step: int) -> torch.Tensor:
+        """Weighted ratio loss.
+
+        Args:
+            decisions: per routed block, (B, N) hard decisions with straight-through gradients.
+            step: optimiser step (for the schedule).
+
+        Returns:
+            fp32 scalar, already multiplied by ``weight`` (0 for ``fixed``).
+        """
+        if not decisions:
+            raise ValueError("KeepRatioLoss needs at least one routed block")
+        ratios = torch.stack([d.float().mean(dim=1) for d in decisions])  # (L, B)
+        targets = torch.tensor(self.targets(step, len(decisions)), device=ratios.device)
+        if self.mode == "batch":
+            loss = (ratios.mean() - targets.mean()) ** 2
+        elif self.mode == "image":
+            loss = ((ratios.mean(dim=0) - targets.mean()) ** 2).mean()
+        elif self.mode == "layer":
+            loss = ((ratios.mean(dim=1) - targets) ** 2).mean()
+        else:
+            loss = ratios.new_zeros(())
+        return self.weight * loss
+
+    def extra_repr(self) -> str:
+        return (
+            f"mode={self.mode}, target={self.target}, layer_targets={self.layer_targets}, "
+            f"weight={self.weight}, schedule={self.schedule}, anneal_steps={self.anneal_steps}"
+        )
+
+
+def distillation_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """MSE between student and frozen-teacher backbone features (MEMatte's distillation).
+
+    Args:
+        student: (B, C, h, w) last backbone features of the routed student.
+        teacher: (B, C, h, w) the teacher's, computed without gradients.
+
+    Returns:
+        fp32 scalar.
+    """
+    if student.shape != teacher.shape:
+        raise ValueError(
+            f"teacher features {tuple(teacher.shape)} do not match the student's "
+            f"{tuple(student.shape)}: the teacher checkpoint must have the student's width"
+        )
+    return F.mse_loss(student.float(), teacher.float().detach())

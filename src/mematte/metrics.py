@@ -442,3 +442,34 @@ class MattingMetrics(MetricCollection):
             # compute groups would then merge them and report one metric's value for all.
             compute_groups=False,
         )
+
+
+class KeepRatio(Metric):
+    """Share of tokens a routed block sends to global attention, over a whole split.
+
+    Token-weighted (total routed / total tokens), so large images count per token as they do
+    in memory and latency. States are summed across processes.
+    """
+
+    is_differentiable = False
+    higher_is_better = None
+    full_state_update = False
+
+    routed: torch.Tensor
+    tokens: torch.Tensor
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.add_state("routed", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("tokens", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, decision: torch.Tensor) -> None:
+        """decision: (B, N) hard decisions, 1 = global attention."""
+        decision = decision.detach().to(torch.float64)
+        # Out of place, for the same inference-tensor reason as the matting metrics.
+        self.routed = self.routed + decision.sum()
+        self.tokens = self.tokens + decision.numel()
+
+    def compute(self) -> torch.Tensor:
+        """Kept share in [0, 1] (float64 scalar); 0 before any update."""
+        return self.routed / self.tokens.clamp(min=1)

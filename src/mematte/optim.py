@@ -24,15 +24,18 @@ _BLOCK_RE = re.compile(r"(?:^|\.)blocks\.(\d+)\.")
 def vit_layer_id(name: str, num_layers: int) -> int:
     """Layer index of a parameter for layer-wise lr decay (ViTMatte's rule).
 
-    Patch/pos embedding → 0; ``backbone.blocks.i.*`` → i + 1 except the conv residual blocks;
-    everything else (decoder, residual blocks) → ``num_layers + 1`` (full lr).
+    Patch/pos embedding → 0; ``backbone.blocks.i.*`` → i + 1 except the conv residual blocks
+    and MEMatte's routers; everything else (decoder, residual blocks, routers) →
+    ``num_layers + 1`` (full lr). The official MEMatte keeps its routers outside
+    ``backbone.blocks`` (``backbone.routers.k``), which gives them the full lr; we hold them
+    inside the routed block and keep that rate.
     """
     if not name.startswith("backbone."):
         return num_layers + 1
     if ".pos_embed" in name or ".patch_embed" in name:
         return 0
     match = _BLOCK_RE.search(name)
-    if match and ".residual." not in name:
+    if match and ".residual." not in name and ".router." not in name:
         return int(match.group(1)) + 1
     return num_layers + 1
 

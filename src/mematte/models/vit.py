@@ -264,9 +264,14 @@ class ViT(nn.Module):
             nn.init.zeros_(m.bias)
 
     @property
+    def routed_block_indexes(self) -> list[int]:
+        """Indexes of the blocks that carry a router (empty for ViTMatte)."""
+        return [i for i, b in enumerate(self.blocks) if getattr(b, "router", None) is not None]
+
+    @property
     def routed_blocks(self) -> list[nn.Module]:
-        """The blocks that carry a router (empty for ViTMatte)."""
-        return [b for b in self.blocks if getattr(b, "router", None) is not None]
+        """The blocks that carry a router, in depth order (empty for ViTMatte)."""
+        return [self.blocks[i] for i in self.routed_block_indexes]
 
     def abs_pos(self, grid: tuple[int, int]) -> Tensor:
         """Absolute pos-embed resized to the token grid: (1, H, W, C).

@@ -1,0 +1,265 @@
+"""MEMatte's routed global block: router → global attention for some tokens, LTRM for the rest.
+
+    decision d = route(router(x))                      (B, N), 1 = global attention
+    mixed      = d · Attn(LN(x)) + (1 − d) · LTRM(x)    then the usual MLP and conv residual
+
+Two exact ways to compute ``mixed`` for the same hard decisions:
+
+- **training** (:meth:`RoutedBlock.attend_dense`): attention over all N tokens with a key
+  mask — each query attends to the routed keys and itself — softmax in fp32. The mask is the
+  straight-through decision itself, so the router gets gradients through keys as well as
+  through the blend.
+- **inference** (:meth:`RoutedBlock.attend_gathered`): gather the K routed tokens, run
+  attention on them alone (``scaled_dot_product_attention``: linear memory in K), scatter the
+  result over the LTRM output. Unrouted tokens never enter attention.
+
+Routed global blocks carry no relative position bias (METHOD §2); ViTMatte teachers keep it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mematte.models.attention import AttentionImpl, naive_attention
+from mematte.models.ltrm import TokenRefiner
+from mematte.models.router import Router
+from mematte.models.vit import Block, RoutingInfo
+
+Selection = Literal["gumbel", "topk"]
+SELECTIONS: tuple[str, ...] = ("gumbel", "topk")
+
+
+def routing_scores(log_probs: Tensor) -> Tensor:
+    """Preference for global attention, ``logp0 − logp1``: (B, N, 2) → (B, N)."""
+    return log_probs[..., 0] - log_probs[..., 1]
+
+
+def top_k_mask(scores: Tensor, k: int) -> Tensor:
+    """Boolean (B, N) mask of each row's ``k`` highest scores (ties → lower index)."""
+    mask = torch.zeros_like(scores, dtype=torch.bool)
+    if k > 0:
+        mask.scatter_(1, scores.topk(k, dim=1, sorted=False).indices, True)
+    return mask
+
+
+def keep_count(num_tokens: int, keep_ratio: float) -> int:
+    """Tokens a fixed ``keep_ratio`` keeps out of ``num_tokens`` (at least one)."""
+    return min(num_tokens, max(1, round(keep_ratio * num_tokens)))
+
+
+def masked_dense_attention(q: Tensor, k: Tensor, v: Tensor, keep: Tensor, scale: float) -> Tensor:
+    """Attention where each query sees the kept keys and itself; differentiable in ``keep``.
+
+    ``out_i = Σ_j P_ij e^{a_ij} v_j / Σ_j P_ij e^{a_ij}`` with ``P_ij = keep_j`` (1 on the
+    diagonal). For a hard 0/1 ``keep`` this is exactly softmax over the allowed keys; with
+    straight-through values it also passes gradients to the decisions of dropped keys.
+    Computed in fp32.
+
+    Args:
+        q, k, v: (B, N, D) (B may fold heads).
+        keep: (B, N) decisions in {0, 1} (straight-through gradients allowed).
+        scale: logit scale.
+
+    Returns:
+        (B, N, D) in q's dtype.
+    """
+    n = q.shape[1]
+    logits = (q.float() * scale) @ k.float().transpose(-2, -1)  # (B, N, N)
+    eye = torch.eye(n, dtype=torch.bool, device=q.device)
+    allowed = (keep.detach() > 0.5)[:, None, :] | eye  # (B, N, N)
+    row_max = logits.masked_fill(~allowed, float("-inf")).amax(dim=-1, keepdim=True).detach()
+    # Dropped keys may exceed the allowed maximum: clamp so exp stays finite (their weight
+    # is exactly 0 in the forward pass; only the gradient toward keeping them uses it).
+    weights = torch.exp((logits - row_max).clamp(max=0.0))
+    policy = torch.where(eye, torch.ones_like(logits), keep.float()[:, None, :].expand_as(logits))
+    weights = weights * policy
+    out = (weights @ v.float()) / weights.sum(dim=-1, keepdim=True)
+    return out.to(q.dtype)
+
+
+class RoutedBlock(Block):
+    """Global-attention block with a token router and an LTRM (MEMatte).
+
+    Accepts :class:`~mematte.models.vit.Block`'s keyword arguments so that it can be the
+    ViT's ``global_block`` factory, plus the routing parts.
+
+    Args:
+        dim, num_heads, mlp_ratio, qkv_bias, drop_path, use_residual_block: as ``Block``.
+        window_size: must be 0 (routing replaces global attention).
+        use_rel_pos, rel_pos_grid: accepted for the factory signature and ignored: routed
+            blocks have no relative position bias (METHOD §2).
+        attn_impl: attention over the gathered tokens at inference, ``"sdpa"`` (linear memory)
+            or ``"naive"`` (K×K matrix, as the official code).
+        router: factory ``router(dim) -> Router``.
+        ltrm: factory ``ltrm(dim) -> TokenRefiner``.
+        selection: ``"gumbel"`` — learned, adaptive count (straight-through Gumbel-softmax in
+            training, argmax at inference) — or ``"topk"`` — a fixed ``keep_ratio`` of each
+            image's tokens by score, training and inference.
+        keep_ratio: share of tokens kept by ``"topk"`` (settable at run time).
+        max_tokens: inference cap on routed tokens per image, the top-K by score; None = no
+            cap (settable at run time).
+        gumbel_tau: Gumbel-softmax temperature.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        drop_path: float = 0.0,
+        window_size: int = 0,
+        use_rel_pos: bool = False,
+        rel_pos_grid: int = 14,
+        use_residual_block: bool = False,
+        attn_impl: AttentionImpl = "sdpa",
+        *,
+        router: Callable[[int], Router],
+        ltrm: Callable[[int], TokenRefiner],
+        selection: Selection = "gumbel",
+        keep_ratio: float = 0.25,
+        max_tokens: int | None = None,
+        gumbel_tau: float = 1.0,
+    ) -> None:
+        if window_size:
+            raise ValueError("RoutedBlock replaces a global block: window_size must be 0")
+        if selection not in SELECTIONS:
+            raise ValueError(f"Unknown selection={selection!r}; choose one of {list(SELECTIONS)}")
+        super().__init__(
+            dim,
+            num_heads,
+            mlp_ratio=mlp_ratio,
+            qkv_bias=qkv_bias,
+            drop_path=drop_path,
+            window_size=0,
+            use_rel_pos=False,
+            use_residual_block=use_residual_block,
+            attn_impl=attn_impl,
+        )
+        self.router = router(dim)
+        self.ltrm = ltrm(dim)
+        self.selection = selection
+        self.keep_ratio = float(keep_ratio)
+        self.max_tokens = max_tokens
+        self.gumbel_tau = float(gumbel_tau)
+
+    def extra_repr(self) -> str:
+        return (
+            f"selection={self.selection}, keep_ratio={self.keep_ratio}, "
+            f"max_tokens={self.max_tokens}, gumbel_tau={self.gumbel_tau}"
+        )
+
+    # ------------------------------------------------------------------ routing
+    def decide(self, log_probs: Tensor) -> Tensor:
+        """Hard decisions from router log-probs: (B, N, 2) → (B, N) float in {0, 1}.
+
+        Training decisions carry straight-through gradients to the log-probs.
+        """
+        log_probs = log_probs.float()
+        scores = routing_scores(log_probs)
+        n = scores.shape[1]
+        if self.selection == "topk":
+            hard = top_k_mask(scores, keep_count(n, self.keep_ratio))
+            if self.training:
+                prob = log_probs[..., 0].exp()
+                return hard.float() - prob.detach() + prob
+            return self._cap(hard, scores).float()
+        if self.training:
+            return F.gumbel_softmax(log_probs, tau=self.gumbel_tau, hard=True, dim=-1)[..., 0]
+        # argmax: ties go to global attention, as argmax picks the first index
+        return self._cap(scores >= 0, scores).float()
+
+    def _cap(self, hard: Tensor, scores: Tensor) -> Tensor:
+        """Apply ``max_tokens``: keep the top-K by score where an image routes more."""
+        if self.max_tokens is None or int(hard.sum(dim=1).max()) <= self.max_tokens:
+            return hard
+        capped = top_k_mask(scores.masked_fill(~hard, float("-inf")), self.max_tokens)
+        return capped & hard
+
+    # ------------------------------------------------------------------ the two paths
+    def attend_dense(self, y: Tensor, decision: Tensor, refined: Tensor) -> Tensor:
+        """Training path: masked attention over all tokens, blended with the LTRM output.
+
+        Args:
+            y: (B, N, C) normalised tokens.
+            decision: (B, N) hard decisions (straight-through gradients allowed).
+            refined: (B, N, C) LTRM output.
+
+        Returns:
+            (B, N, C) ``d · Attn + (1 − d) · LTRM``.
+        """
+        b = y.shape[0]
+        q, k, v = self.attn.qkv_heads(y)
+        keep = decision.repeat_interleave(self.attn.num_heads, dim=0)  # (B·heads, N)
+        out = masked_dense_attention(q, k, v, keep, self.attn.scale)
+        attended = self.attn.merge_heads(out, b)
+        d = decision[..., None].to(attended.dtype)
+        return d * attended + (1.0 - d) * refined
+
+    def _attention(self, tokens: Tensor) -> Tensor:
+        """Plain global attention over gathered tokens: (B, K, C) → (B, K, C)."""
+        b = tokens.shape[0]
+        q, k, v = self.attn.qkv_heads(tokens)
+        if self.attn.attn_impl == "naive":
+            out = naive_attention(q, k, v, self.attn.scale)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, scale=self.attn.scale)
+        return self.attn.merge_heads(out, b)
+
+    def attend_gathered(self, y: Tensor, decision: Tensor, refined: Tensor) -> Tensor:
+        """Inference path: attention on the routed tokens only, scattered over the LTRM output.
+
+        Args:
+            y: (B, N, C) normalised tokens.
+            decision: (B, N) hard decisions in {0, 1}.
+            refined: (B, N, C) LTRM output.
+
+        Returns:
+            (B, N, C): attention output at routed tokens, LTRM output elsewhere.
+        """
+        keep = decision > 0.5
+        counts = keep.sum(dim=1)
+        c = y.shape[-1]
+        out = refined.clone()
+        if bool((counts == counts[0]).all()):
+            # Same K in every image (batch 1, top-K): one batched call.
+            k = int(counts[0])
+            if k == 0:
+                return out
+            index = keep.nonzero()[:, 1].view(y.shape[0], k)[..., None].expand(-1, -1, c)
+            attended = self._attention(y.gather(1, index))
+            return out.scatter(1, index, attended.to(out.dtype))
+        for i in range(y.shape[0]):  # K differs per image: one call each, no padding
+            index = keep[i].nonzero()[:, 0]
+            if index.numel():
+                out[i, index] = self._attention(y[i : i + 1, index])[0].to(out.dtype)
+        return out
+
+    def mix_tokens(self, x: Tensor) -> tuple[Tensor, RoutingInfo]:
+        """x: (B, H, W, C) → (mixed (B, H, W, C), routing decisions)."""
+        b, h, w, c = x.shape
+        tokens = x.reshape(b, h * w, c)
+        log_probs = self.router(tokens)
+        decision = self.decide(log_probs)
+        refined = self.ltrm(x).reshape(b, h * w, c)
+        y = self.norm1(tokens)
+        if self.training:
+            mixed = self.attend_dense(y, decision, refined)
+        else:
+            mixed = self.attend_gathered(y, decision, refined)
+        return mixed.view(b, h, w, c), RoutingInfo(decision=decision, log_probs=log_probs, grid=(h, w))
+
+
+__all__ = [
+    "RoutedBlock",
+    "SELECTIONS",
+    "keep_count",
+    "masked_dense_attention",
+    "routing_scores",
+    "top_k_mask",
+]
