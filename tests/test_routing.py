@@ -200,6 +200,15 @@ def test_masked_dense_attention_is_softmax_over_allowed_keys_and_differentiable_
     assert (keep.grad[0, keep[0] == 0] != 0).all(), "dropped keys get no gradient"
 
 
+def test_masked_dense_attention_stays_fp32_under_autocast():
+    q, k, v = torch.randn(3, 2, 20, 8).unbind(0)
+    keep = (torch.rand(2, 20) > 0.5).float()
+    reference = masked_dense_attention(q, k, v, keep, scale=0.3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = masked_dense_attention(q, k, v, keep, scale=0.3)
+    torch.testing.assert_close(out, reference, rtol=1e-6, atol=1e-6)
+
+
 def test_inference_attention_receives_only_the_routed_tokens(monkeypatch):
     block = routed_block(router=routers.RandomRouter).eval()  # exactly 12 of 48 tokens
     seen: list[tuple[int, ...]] = []
@@ -309,3 +318,24 @@ def test_keep_ratio_loss_rejects_bad_config(kwargs, match):
 def test_layer_targets_must_match_routed_blocks():
     with pytest.raises(ValueError, match="2 entries for 4 routed blocks"):
         KeepRatioLoss("layer", layer_targets=[0.1, 0.2]).targets(0, 4)
+
+
+def test_expected_inference_routes_the_sampled_share():
+    """inference=expected: each image's top round(Σ p(global)) tokens; argmax routes none
+    when every p(global) < 0.5."""
+    block = routed_block(router=routers.TinyRouter).eval()
+    with torch.no_grad():
+        block.router.net[1].weight.mul_(0.01)
+        block.router.net[1].bias.copy_(torch.tensor([-1.1, 0.0]))  # p(global) ≈ 0.25
+        x = torch.randn(2, 6, 8, DIM)
+        _, argmax = block(x)
+        block.inference = "expected"
+        _, expected = block(x)
+    assert argmax.decision.sum() == 0
+    counts = expected.log_probs[..., 0].exp().sum(1).round()
+    assert torch.equal(expected.decision.sum(1), counts) and (counts == 12).all()
+    scores = expected.log_probs[..., 0] - expected.log_probs[..., 1]
+    for i in range(2):  # the highest-scoring tokens
+        assert scores[i][expected.decision[i] > 0].min() >= scores[i][expected.decision[i] == 0].max()
+    with pytest.raises(ValueError, match="inference"):
+        routed_block(inference="sample")

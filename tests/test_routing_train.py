@@ -67,9 +67,14 @@ def test_train_and_eval_entry_points_as_typed(tmp_path):
     last = run_dir / "checkpoints" / "last.ckpt"
     eval_dir = tmp_path / "eval"
     run_entry("eval.py", [f"ckpt_path={last}", "data.test_set.num_samples=2", "data.test_set.min_size=64",
-                          "data.test_set.max_size=90", f"hydra.run.dir={eval_dir}"], cwd=tmp_path)
+                          "data.test_set.max_size=90", "routed_inference.inference=expected",
+                          f"hydra.run.dir={eval_dir}"], cwd=tmp_path)
     result = json.loads((eval_dir / "metrics.json").read_text())
     assert {"sad", "mse", "grad", "conn", "keep_ratio", "keep_ratio/block5"} <= set(result["metrics"])
+    # three steps in, routers are unsure (p ≈ 0.5): the expected share is well above zero
+    assert result["metrics"]["keep_ratio"] > 0.1
+    assert result["routed_inference"] == {"inference": "expected"}
+    assert (run_dir / "eval" / "synthetic_test_inference-expected.json").is_file()
 
 
 def test_short_training_moves_kept_ratio_toward_target(make_cfg):

@@ -139,6 +139,25 @@ def train(cfg: DictConfig) -> float | None:
 
 
 # --------------------------------------------------------------------------- eval
+def configure_routed_inference(
+    net: torch.nn.Module, inference: str | None = None, max_tokens: int | None = None
+) -> None:
+    """Override the inference rule / token cap of every routed block (None = keep)."""
+    from mematte.models.routed_block import INFERENCE_RULES
+
+    if inference is not None and inference not in INFERENCE_RULES:
+        raise ValueError(
+            f"routed_inference.inference={inference!r}: choose one of {list(INFERENCE_RULES)}"
+        )
+    if (inference is not None or max_tokens is not None) and not net.backbone.routed_blocks:
+        log.warning("routed_inference is set but this net has no routed blocks (ViTMatte): ignored")
+    for block in net.backbone.routed_blocks:
+        if inference is not None:
+            block.inference = inference
+        if max_tokens is not None:
+            block.max_tokens = int(max_tokens)
+
+
 def evaluate(cfg: DictConfig) -> dict[str, float]:
     """Score a checkpoint on a split at full resolution; writes a metrics JSON.
 
@@ -156,6 +175,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     ckpt_path = Path(cfg.ckpt_path)
     ckpt = load_checkpoint(ckpt_path)
     net = net_from_checkpoint(ckpt)
+    configure_routed_inference(net, **(cfg.get("routed_inference") or {}))
     module = MattingModule(net=net, eval_region=cfg.eval_region)
 
     datamodule = instantiate(cfg.data, _convert_="partial")
@@ -178,8 +198,12 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         "seconds": seconds,
         "checkpoint_step": ckpt.get("global_step"),
     }
+    # routing overrides change the model: keep their results apart from the plain ones
+    overrides = {k: v for k, v in (cfg.get("routed_inference") or {}).items() if v is not None}
+    payload["routed_inference"] = overrides
     write_json(Path(cfg.paths.output_dir) / "metrics.json", payload)
     run_dir = ckpt_path.resolve().parent.parent
-    write_json(run_dir / "eval" / f"{data_name}_{cfg.split}.json", payload)
+    suffix = "".join(f"_{k}-{v}" for k, v in sorted(overrides.items()))
+    write_json(run_dir / "eval" / f"{data_name}_{cfg.split}{suffix}.json", payload)
     log.info("metrics: %s", metrics)
     return metrics

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import platform
+import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -89,6 +90,9 @@ class MattingModule(LightningModule):
         self.scheduler_factory = scheduler
         self.routing = routing if net.is_routed else None
         self.teacher = teacher.eval().requires_grad_(False) if teacher is not None else None
+        if self.teacher is not None:
+            # The frozen teacher is in eval mode on purpose; Lightning would warn about it.
+            warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training")
         self.routed_block_indexes = net.backbone.routed_block_indexes
         self.val_metrics = MattingMetrics(region=eval_region).clone(prefix="val/")
         self.test_metrics = MattingMetrics(region=eval_region).clone(prefix="test/")

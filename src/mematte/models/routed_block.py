@@ -32,6 +32,8 @@ from mematte.models.vit import Block, RoutingInfo
 
 Selection = Literal["gumbel", "topk"]
 SELECTIONS: tuple[str, ...] = ("gumbel", "topk")
+InferenceRule = Literal["argmax", "expected"]
+INFERENCE_RULES: tuple[str, ...] = ("argmax", "expected")
 
 
 def routing_scores(log_probs: Tensor) -> Tensor:
@@ -69,16 +71,18 @@ def masked_dense_attention(q: Tensor, k: Tensor, v: Tensor, keep: Tensor, scale:
         (B, N, D) in q's dtype.
     """
     n = q.shape[1]
-    logits = (q.float() * scale) @ k.float().transpose(-2, -1)  # (B, N, N)
-    eye = torch.eye(n, dtype=torch.bool, device=q.device)
-    allowed = (keep.detach() > 0.5)[:, None, :] | eye  # (B, N, N)
-    row_max = logits.masked_fill(~allowed, float("-inf")).amax(dim=-1, keepdim=True).detach()
-    # Dropped keys may exceed the allowed maximum: clamp so exp stays finite (their weight
-    # is exactly 0 in the forward pass; only the gradient toward keeping them uses it).
-    weights = torch.exp((logits - row_max).clamp(max=0.0))
-    policy = torch.where(eye, torch.ones_like(logits), keep.float()[:, None, :].expand_as(logits))
-    weights = weights * policy
-    out = (weights @ v.float()) / weights.sum(dim=-1, keepdim=True)
+    # fp32 even under autocast, which would run these matmuls in fp16/bf16
+    with torch.autocast(device_type=q.device.type, enabled=False):
+        logits = (q.float() * scale) @ k.float().transpose(-2, -1)  # (B, N, N)
+        eye = torch.eye(n, dtype=torch.bool, device=q.device)
+        allowed = (keep.detach() > 0.5)[:, None, :] | eye  # (B, N, N)
+        row_max = logits.masked_fill(~allowed, float("-inf")).amax(dim=-1, keepdim=True).detach()
+        # Dropped keys may exceed the allowed maximum: clamp so exp stays finite (their weight
+        # is exactly 0 in the forward pass; only the gradient toward keeping them uses it).
+        weights = torch.exp((logits - row_max).clamp(max=0.0))
+        policy = torch.where(eye, torch.ones_like(logits), keep.float()[:, None, :].expand_as(logits))
+        weights = weights * policy
+        out = (weights @ v.float()) / weights.sum(dim=-1, keepdim=True)
     return out.to(q.dtype)
 
 
@@ -104,6 +108,11 @@ class RoutedBlock(Block):
         max_tokens: inference cap on routed tokens per image, the top-K by score; None = no
             cap (settable at run time).
         gumbel_tau: Gumbel-softmax temperature.
+        inference: how ``"gumbel"`` blocks decide at inference: ``"argmax"`` (the paper's:
+            tokens with p(global) ≥ 0.5) or ``"expected"`` — each image's top-K by score with
+            ``K = round(Σ_n p(global))``, the count training samples on average. Routers that
+            are not yet confident (p below 0.5 everywhere, as after short training) route no
+            token under argmax; ``expected`` keeps the trained share (settable at run time).
     """
 
     def __init__(
@@ -125,11 +134,14 @@ class RoutedBlock(Block):
         keep_ratio: float = 0.25,
         max_tokens: int | None = None,
         gumbel_tau: float = 1.0,
+        inference: InferenceRule = "argmax",
     ) -> None:
         if window_size:
             raise ValueError("RoutedBlock replaces a global block: window_size must be 0")
         if selection not in SELECTIONS:
             raise ValueError(f"Unknown selection={selection!r}; choose one of {list(SELECTIONS)}")
+        if inference not in INFERENCE_RULES:
+            raise ValueError(f"Unknown inference={inference!r}; choose one of {list(INFERENCE_RULES)}")
         super().__init__(
             dim,
             num_heads,
@@ -147,11 +159,12 @@ class RoutedBlock(Block):
         self.keep_ratio = float(keep_ratio)
         self.max_tokens = max_tokens
         self.gumbel_tau = float(gumbel_tau)
+        self.inference = inference
 
     def extra_repr(self) -> str:
         return (
-            f"selection={self.selection}, keep_ratio={self.keep_ratio}, "
-            f"max_tokens={self.max_tokens}, gumbel_tau={self.gumbel_tau}"
+            f"selection={self.selection}, keep_ratio={self.keep_ratio}, max_tokens="
+            f"{self.max_tokens}, gumbel_tau={self.gumbel_tau}, inference={self.inference}"
         )
 
     # ------------------------------------------------------------------ routing
@@ -171,6 +184,10 @@ class RoutedBlock(Block):
             return self._cap(hard, scores).float()
         if self.training:
             return F.gumbel_softmax(log_probs, tau=self.gumbel_tau, hard=True, dim=-1)[..., 0]
+        if self.inference == "expected":
+            counts = log_probs[..., 0].exp().sum(dim=1).round()  # (B,)
+            ranks = scores.argsort(dim=1, descending=True).argsort(dim=1)
+            return self._cap(ranks < counts[:, None], scores).float()
         # argmax: ties go to global attention, as argmax picks the first index
         return self._cap(scores >= 0, scores).float()
 
@@ -233,7 +250,7 @@ class RoutedBlock(Block):
                 return out
             index = keep.nonzero()[:, 1].view(y.shape[0], k)[..., None].expand(-1, -1, c)
             attended = self._attention(y.gather(1, index))
-            return out.scatter(1, index, attended.to(out.dtype))
+            return out.scatter_(1, index, attended.to(out.dtype))
         for i in range(y.shape[0]):  # K differs per image: one call each, no padding
             index = keep[i].nonzero()[:, 0]
             if index.numel():
@@ -256,6 +273,7 @@ class RoutedBlock(Block):
 
 
 __all__ = [
+    "INFERENCE_RULES",
     "RoutedBlock",
     "SELECTIONS",
     "keep_count",
