@@ -16,6 +16,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from mematte.checkpoints import build_net, init_net_from, load_checkpoint, net_from_checkpoint
+from mematte.inference import configure_routed_inference
 
 log = logging.getLogger("mematte")
 
@@ -139,25 +140,6 @@ def train(cfg: DictConfig) -> float | None:
 
 
 # --------------------------------------------------------------------------- eval
-def configure_routed_inference(
-    net: torch.nn.Module, inference: str | None = None, max_tokens: int | None = None
-) -> None:
-    """Override the inference rule / token cap of every routed block (None = keep)."""
-    from mematte.models.routed_block import INFERENCE_RULES
-
-    if inference is not None and inference not in INFERENCE_RULES:
-        raise ValueError(
-            f"routed_inference.inference={inference!r}: choose one of {list(INFERENCE_RULES)}"
-        )
-    if (inference is not None or max_tokens is not None) and not net.backbone.routed_blocks:
-        log.warning("routed_inference is set but this net has no routed blocks (ViTMatte): ignored")
-    for block in net.backbone.routed_blocks:
-        if inference is not None:
-            block.inference = inference
-        if max_tokens is not None:
-            block.max_tokens = int(max_tokens)
-
-
 def evaluate(cfg: DictConfig) -> dict[str, float]:
     """Score a checkpoint on a split at full resolution; writes a metrics JSON.
 

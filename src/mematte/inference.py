@@ -1,4 +1,4 @@
-"""High-resolution inference helpers: tiled evaluation of the detail-capture decoder.
+"""High-resolution inference: tiled decoding, a peak-memory estimate, and the :class:`Predictor`.
 
 At 4K–8K the decoder's full-resolution tensors (the upsampled fusion input, the concat, the
 fusion output and its BatchNorm copy, each with 32–64+ channels) reach several GB.
@@ -26,12 +26,39 @@ up 29 → conv 30 (1/1) → head 31. So 31 px on every side; since window extent
 
 from __future__ import annotations
 
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from mematte.models.decoder import DetailCapture
+from mematte.models.matting_net import MattingNet, clamp_to_trimap
+from mematte.models.routed_block import INFERENCE_RULES, RoutedBlock
+from mematte.models.vit import RoutingInfo, ViT
 
-__all__ = ["decode_tiled", "decoder_context_radius", "decoder_stride", "decoder_tile_peak_bytes"]
+log = logging.getLogger("mematte")
+
+__all__ = [
+    "MemoryBudgetError",
+    "Prediction",
+    "Predictor",
+    "configure_routed_inference",
+    "decode_tiled",
+    "decoder_context_radius",
+    "decoder_stride",
+    "decoder_tile_peak_bytes",
+    "estimate_peak_bytes",
+    "quantise_trimap",
+]
+
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16")
+GIB = 1024**3
+_MARGIN_FRACTION = 0.2
+_MARGIN_BYTES = 64 * 1024**2
 
 
 def decoder_stride(decoder: DetailCapture) -> int:
@@ -208,3 +235,282 @@ def decoder_tile_peak_bytes(
     head = x_chans * x_side**2 + 2 * mid_chans * x_side**2 + 2 * x_side**2
     peak = max(peak, feats + details + head)
     return int(peak * dtype_bytes)
+
+
+# --------------------------------------------------------------------------- routed blocks
+def configure_routed_inference(
+    net: nn.Module, inference: str | None = None, max_tokens: int | None = None
+) -> None:
+    """Override the inference rule / token cap of every routed block (None = keep)."""
+    if inference is not None and inference not in INFERENCE_RULES:
+        raise ValueError(f"routed inference={inference!r}: choose one of {list(INFERENCE_RULES)}")
+    if max_tokens is not None and int(max_tokens) < 1:
+        raise ValueError(f"max_tokens={max_tokens} must be ≥ 1 (or null for no cap)")
+    routed = net.backbone.routed_blocks
+    if (inference is not None or max_tokens is not None) and not routed:
+        log.warning("routed inference options are set but this net has no routed blocks (ViTMatte): ignored")
+    for block in routed:
+        if inference is not None:
+            block.inference = inference
+        if max_tokens is not None:
+            block.max_tokens = int(max_tokens)
+
+
+# --------------------------------------------------------------------------- memory estimate
+def _routed_tokens(block: RoutedBlock, n: int) -> int:
+    """Worst-case tokens a routed block sends to attention (all of them unless bounded)."""
+    k = n
+    if block.selection == "topk":
+        k = min(k, max(1, round(block.keep_ratio * n)))
+    if block.max_tokens is not None:
+        k = min(k, block.max_tokens)
+    return k
+
+
+def _backbone_peak_elements(backbone: ViT, grid: tuple[int, int], batch: int) -> int:
+    """Largest number of activation elements alive at once in one backbone block.
+
+    Counts the residual stream (block input and output), and per block type the tensors that
+    coexist at its widest point: qkv and its head-split copy, the folded rel-pos q'/k'/v' and
+    SDPA output (or the N×N matrices of the naive path), the MLP hidden layer and its GELU,
+    and for routed blocks the router, the LTRM's 2C-wide layers and the gathered K tokens.
+    """
+    hg, wg = grid
+    n = hg * wg
+    c = backbone.embed_dim
+    peak = 0
+    for block in backbone.blocks:
+        heads, hd = block.attn.num_heads, block.attn.head_dim
+        if isinstance(block, RoutedBlock):
+            k = _routed_tokens(block, n)
+            mixing = 6 * n * c + 8 * k * c  # router + LTRM (2C wide) + y; gathered qkv/attn
+            if block.attn.attn_impl == "naive":
+                mixing += 2 * heads * k * k
+        else:
+            if block.window_size > 0:
+                s = block.window_size
+                tokens = math.ceil(hg / s) * s * math.ceil(wg / s) * s
+                rel = 2 * s
+            else:
+                tokens, rel = n, hg + wg
+            mixing = n * c + 6 * tokens * c
+            if block.attn.attn_impl == "naive":
+                side = tokens if block.window_size == 0 else block.window_size**2
+                mixing += 3 * heads * tokens * side  # logits, biased copy, softmax
+            elif block.attn.use_rel_pos:
+                mixing += 5 * heads * tokens * (hd + rel)  # rel_h/rel_w, q', k', v', out
+        mlp = 2 * block.mlp.fc1.out_features * n
+        peak = max(peak, 2 * n * c + max(mixing, mlp))
+    return batch * peak
+
+
+def estimate_peak_bytes(
+    net: MattingNet,
+    height: int,
+    width: int,
+    *,
+    batch: int = 1,
+    tile: int = 512,
+    context: int = 64,
+    dtype_bytes: int = 4,
+) -> dict[str, int]:
+    """Estimated peak memory of :class:`Predictor` on an image, before running it.
+
+    A model of the tensors alive at the widest point of each stage, not a measurement; the
+    benchmark (``bench.py``) checks it against measured peaks. Routed blocks count their
+    worst case (every token routed) unless ``max_tokens`` or top-K bounds them.
+
+    Args:
+        net: the matting net.  height, width: image size (before padding).
+        batch: images per call.  tile, context: decoder tiling.
+        dtype_bytes: 4 (fp32) or 2 (bf16/fp16 autocast activations).
+
+    Returns:
+        Bytes per part: ``weights``, ``inputs`` (image, trimap, padded network input, output),
+        ``backbone``, ``decoder`` (features + one tile), ``margin``, and ``total`` = weights +
+        inputs + max(backbone, decoder) + margin.
+    """
+    div = net.size_divisor
+    hp, wp = math.ceil(height / div) * div, math.ceil(width / div) * div
+    patch = net.backbone.patch_size
+    grid = (hp // patch, wp // patch)
+    c = net.backbone.embed_dim
+    weights = sum(p.numel() * p.element_size() for p in net.parameters())
+    # image (3) + trimap (1) as given, their normalised concat (4) and its padded copy (4),
+    # and the fp32 alpha output (1)
+    inputs = 4 * batch * (8 * height * width + 4 * hp * wp + height * width)
+    backbone = dtype_bytes * _backbone_peak_elements(net.backbone, grid, batch)
+    features = dtype_bytes * batch * c * grid[0] * grid[1]
+    tiled = hp > tile or wp > tile
+    decoder_tile = decoder_tile_peak_bytes(
+        net.decoder, min(tile, max(hp, wp)) if tiled else max(hp, wp), context if tiled else 0,
+        c, dtype_bytes,
+    )
+    decoder = features + batch * decoder_tile
+    activations = inputs + max(backbone, decoder)
+    # Allocator slack, temporaries the model misses and backend workspaces: calibrated on
+    # fresh-process CPU peaks of ViT-S nets at 1024² and 2048² (the model alone came out
+    # 2–25% low; with the margin it is 0–20% high).
+    margin = int(_MARGIN_FRACTION * activations) + _MARGIN_BYTES
+    return {
+        "weights": weights,
+        "inputs": inputs,
+        "backbone": backbone,
+        "decoder": decoder,
+        "margin": margin,
+        "total": weights + activations + margin,
+    }
+
+
+class MemoryBudgetError(RuntimeError):
+    """The estimated peak exceeds the memory budget; raised before anything runs."""
+
+
+# --------------------------------------------------------------------------- predictor
+def quantise_trimap(trimap: Tensor) -> Tensor:
+    """Trimap to {0, 0.5, 1}: uint8 0..255 (<85 → 0, ≥170 → 1, else 0.5) or float in [0, 1]
+    (thresholds 1/3 and 2/3). Returns float32 of the same shape."""
+    if trimap.dtype == torch.uint8:
+        t = trimap.float()
+        low, high = 85.0, 170.0
+    elif trimap.is_floating_point():
+        t = trimap.float()
+        if t.numel() and (t.min() < 0 or t.max() > 1):
+            raise ValueError("a float trimap must lie in [0, 1] (or pass uint8 0..255)")
+        low, high = 1 / 3, 2 / 3
+    else:
+        raise TypeError(f"trimap dtype {trimap.dtype} unsupported: pass uint8 0..255 or float in [0, 1]")
+    out = torch.full_like(t, 0.5)
+    out[t < low] = 0.0
+    out[t >= high] = 1.0
+    return out
+
+
+@dataclass
+class Prediction:
+    """Predictor result.
+
+    Attributes:
+        alpha: (B, 1, H, W) float32 in [0, 1], clamped to the trimap's known regions.
+        routing: per routed block decisions (empty for ViTMatte).
+        estimate: the peak-memory estimate it was admitted with (bytes per part).
+    """
+
+    alpha: Tensor
+    routing: list[RoutingInfo] = field(default_factory=list)
+    estimate: dict[str, int] = field(default_factory=dict)
+
+
+class Predictor:
+    """Alpha mattes of full-resolution images, batch by batch, within a memory budget.
+
+    The backbone runs on the whole padded image (window attention, exact fused global
+    attention, routed attention on the gathered tokens); the decoder runs in tiles with
+    context (:func:`decode_tiled`); the prediction is clamped to the trimap's known regions.
+
+    Args:
+        net: the matting net (ViTMatte or MEMatte); put in eval mode.
+        device: where to run (``"cpu"``, ``"cuda"``...).
+        precision: ``auto`` (bf16 autocast on CUDA GPUs that support it, else fp16; fp32 on
+            CPU), ``fp32``, ``bf16`` or ``fp16``.
+        tile, context: decoder tiling (multiples of 16).
+        memory_budget_gb: refuse images whose estimated peak exceeds this; None = no check.
+        max_tokens: cap on global-attention tokens per routed block and image.
+        routed_inference: ``argmax`` or ``expected`` for routed blocks (None = as built).
+    """
+
+    def __init__(
+        self,
+        net: MattingNet,
+        device: str | torch.device = "cpu",
+        precision: Precision = "auto",
+        tile: int = 512,
+        context: int = 64,
+        memory_budget_gb: float | None = None,
+        max_tokens: int | None = None,
+        routed_inference: str | None = None,
+    ) -> None:
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision={precision!r}: choose one of {list(PRECISIONS)}")
+        stride = decoder_stride(net.decoder)
+        _check_multiple("tile", tile, stride)
+        _check_multiple("context", context, stride)
+        self.device = torch.device(device)
+        self.net = net.eval().to(self.device)
+        configure_routed_inference(self.net, routed_inference, max_tokens)
+        self.precision = precision
+        self.tile = tile
+        self.context = context
+        self.memory_budget_gb = memory_budget_gb
+
+    @property
+    def autocast_dtype(self) -> torch.dtype | None:
+        """Activation dtype under autocast, or None for fp32."""
+        if self.precision == "fp32" or (self.precision == "auto" and self.device.type != "cuda"):
+            return None
+        if self.precision == "auto":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if self.precision == "bf16" else torch.float16
+
+    def estimate(self, height: int, width: int, batch: int = 1) -> dict[str, int]:
+        """Peak-memory estimate for an image size (see :func:`estimate_peak_bytes`)."""
+        dtype_bytes = 4 if self.autocast_dtype is None else 2
+        return estimate_peak_bytes(self.net, height, width, batch=batch, tile=self.tile,
+                                   context=self.context, dtype_bytes=dtype_bytes)
+
+    def check_budget(self, height: int, width: int, batch: int = 1) -> dict[str, int]:
+        """The estimate, or :class:`MemoryBudgetError` naming it and the fix."""
+        estimate = self.estimate(height, width, batch)
+        if self.memory_budget_gb is not None and estimate["total"] > self.memory_budget_gb * GIB:
+            parts = ", ".join(f"{k} {v / GIB:.2f}" for k, v in estimate.items() if k != "total")
+            hint = (
+                "lower max_tokens (caps global-attention tokens of routed blocks)"
+                if self.net.is_routed
+                else "use a routed MEMatte checkpoint or a smaller image"
+            )
+            raise MemoryBudgetError(
+                f"a {width}×{height} image (batch {batch}) needs an estimated "
+                f"{estimate['total'] / GIB:.2f} GiB (GiB: {parts}), over the "
+                f"{self.memory_budget_gb:g} GiB budget. Fix: {hint}, use smaller decoder tiles "
+                f"(tile={self.tile} now), bf16/fp16 precision on GPU, or raise the budget."
+            )
+        return estimate
+
+    def __call__(self, image: Tensor, trimap: Tensor) -> Prediction:
+        """Predict alpha.
+
+        Args:
+            image: (3, H, W) or (B, 3, H, W) RGB, float in [0, 1] or uint8.
+            trimap: (H, W), (1, H, W) or (B, 1, H, W), uint8 0..255 or float in [0, 1].
+
+        Returns:
+            :class:`Prediction` with alpha (B, 1, H, W) float32 on the CPU.
+        """
+        if image.ndim == 3:
+            image = image[None]
+        while trimap.ndim < 4:
+            trimap = trimap[None]
+        if image.ndim != 4 or image.shape[1] != 3:
+            raise ValueError(f"image must be (3, H, W) or (B, 3, H, W) RGB, got {tuple(image.shape)}")
+        if trimap.shape[1] != 1 or trimap.shape[-2:] != image.shape[-2:] or trimap.shape[0] != image.shape[0]:
+            raise ValueError(
+                f"trimap {tuple(trimap.shape)} does not match image {tuple(image.shape)}: it "
+                "needs one channel and the image's height and width"
+            )
+        if image.dtype == torch.uint8:
+            image = image.float() / 255.0
+        elif not image.is_floating_point():
+            raise TypeError(f"image dtype {image.dtype} unsupported: pass uint8 or float in [0, 1]")
+        b, _, h, w = image.shape
+        estimate = self.check_budget(h, w, b)
+        trimap = quantise_trimap(trimap).to(self.device)
+        image = image.float().to(self.device)
+        dtype = self.autocast_dtype
+        with torch.inference_mode(), torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None):
+            x = self.net.prepare_inputs(image, trimap)
+            backbone_out = self.net.backbone(x)
+            routing = backbone_out.routing
+            alpha = decode_tiled(self.net.decoder, backbone_out.features, x, self.tile, self.context)
+            del x, backbone_out  # free the full-resolution input and the features early
+            alpha = clamp_to_trimap(alpha[..., :h, :w].float(), trimap)
+        return Prediction(alpha=alpha.cpu(), routing=routing, estimate=estimate)

@@ -1,0 +1,113 @@
+"""The high-resolution Predictor: exactness, trimap handling, memory estimate and budget."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+
+from mematte.inference import (
+    GIB,
+    MemoryBudgetError,
+    Predictor,
+    estimate_peak_bytes,
+    quantise_trimap,
+)
+from mematte.models.decoder import DetailCapture
+from mematte.models.ltrm import ConvTokenRefiner
+from mematte.models.matting_net import MattingNet, clamp_to_trimap
+from mematte.models.routed_block import RoutedBlock
+from mematte.models.router import LocalGlobalRouter
+from mematte.models.vit import ViT
+
+
+def small_net(routed: bool = False, attn_impl: str = "sdpa") -> MattingNet:
+    torch.manual_seed(0)
+    block = functools.partial(RoutedBlock, router=LocalGlobalRouter, ltrm=ConvTokenRefiner) if routed else None
+    backbone = ViT(embed_dim=48, depth=4, num_heads=3, window_size=4, global_block_indexes=(1, 3),
+                   residual_block_indexes=(1, 3), rel_pos_grid=8, attn_impl=attn_impl, global_block=block)
+    decoder = DetailCapture(in_chans=48, convstream_out=(8, 16, 24), fusion_out=(32, 16, 8, 8))
+    for m in decoder.modules():  # non-trivial BatchNorm statistics
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 1.5)
+    return MattingNet(backbone, decoder).eval()
+
+
+def sample(h: int = 150, w: int = 230):
+    g = torch.Generator().manual_seed(1)
+    image = torch.rand(1, 3, h, w, generator=g)
+    trimap = (torch.rand(1, 1, h, w, generator=g) * 255).to(torch.uint8)
+    return image, trimap
+
+
+@pytest.mark.parametrize("routed", [False, True])
+def test_predictor_equals_the_net_with_tiled_decoder(routed):
+    net = small_net(routed)
+    image, trimap_u8 = sample()
+    trimap = quantise_trimap(trimap_u8)
+    with torch.no_grad():
+        expected = clamp_to_trimap(net(image, trimap).alpha, trimap)
+    result = Predictor(net, tile=64, context=64)(image[0], trimap_u8[0, 0])
+    assert result.alpha.shape == (1, 1, 150, 230) and result.alpha.dtype == torch.float32
+    torch.testing.assert_close(result.alpha, expected, rtol=1e-5, atol=1e-5)
+    assert len(result.routing) == (2 if routed else 0)
+
+
+def test_quantise_trimap_uses_the_method_thresholds():
+    t = torch.tensor([0, 84, 85, 128, 169, 170, 255], dtype=torch.uint8)
+    assert quantise_trimap(t).tolist() == [0, 0, 0.5, 0.5, 0.5, 1, 1]
+    assert quantise_trimap(torch.tensor([0.0, 0.3, 0.5, 0.7, 1.0])).tolist() == [0, 0, 0.5, 1, 1]
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        quantise_trimap(torch.tensor([2.0]))
+    with pytest.raises(TypeError, match="uint8"):
+        quantise_trimap(torch.tensor([1], dtype=torch.int64))
+
+
+def test_mismatched_trimap_is_refused():
+    image, trimap = sample()
+    with pytest.raises(ValueError, match="does not match image"):
+        Predictor(small_net())(image, trimap[..., :100])
+
+
+def test_budget_refuses_with_the_estimate_and_the_fix():
+    predictor = Predictor(small_net(routed=True), memory_budget_gb=0.001)
+    with pytest.raises(MemoryBudgetError, match=r"4000×3000 image .* GiB budget\. Fix: lower max_tokens"):
+        predictor(torch.rand(3, 3000, 4000), torch.zeros(3000, 4000))
+
+
+def test_estimate_grows_with_pixels_and_caps_help():
+    net = small_net(routed=True)
+    small = estimate_peak_bytes(net, 512, 512)["total"]
+    big = estimate_peak_bytes(net, 2048, 2048)["total"]
+    # 16× the pixels: inputs and backbone grow linearly, the tiled decoder does not
+    assert 2 < big / small <= 16
+    for block in net.backbone.routed_blocks:
+        block.max_tokens = 256
+    assert estimate_peak_bytes(net, 2048, 2048)["backbone"] <= estimate_peak_bytes(small_net(True), 2048, 2048)["backbone"]
+
+
+def test_naive_attention_estimate_is_quadratic():
+    fused = estimate_peak_bytes(small_net(), 2048, 2048)["backbone"]
+    naive = estimate_peak_bytes(small_net(attn_impl="naive"), 2048, 2048)["backbone"]
+    assert naive > 10 * fused
+
+
+def test_estimate_parts_add_up():
+    net = small_net(routed=True)
+    est = estimate_peak_bytes(net, 400, 560, tile=128, context=64)
+    activations = est["inputs"] + max(est["backbone"], est["decoder"])
+    assert est["total"] == est["weights"] + activations + est["margin"]
+    assert est["margin"] > 0.2 * activations
+    assert est["total"] < 1 * GIB
+    assert est["inputs"] >= 4 * 4 * 400 * 560  # at least the normalised input once
+
+
+def test_bad_options():
+    with pytest.raises(ValueError, match="precision"):
+        Predictor(small_net(), precision="fp8")
+    with pytest.raises(ValueError, match="tile=100"):
+        Predictor(small_net(), tile=100)
+    with pytest.raises(ValueError, match="max_tokens"):
+        Predictor(small_net(routed=True), max_tokens=0)
