@@ -198,3 +198,22 @@ def test_warmup_multistep_schedule():
 def test_bad_attention_impl_is_rejected():
     with pytest.raises(ValueError, match="attn_impl"):
         ViT(embed_dim=48, num_heads=3, attn_impl="flash3")
+
+
+@pytest.mark.parametrize("chunk_heads", [1, 2, 4])
+def test_folded_rel_pos_in_head_groups_is_exact(chunk_heads):
+    """Large grids fold rel-pos over groups of heads (bounded memory); same values and grads."""
+    torch.manual_seed(0)
+    grid, heads = (9, 11), 3
+    naive = Attention(48, num_heads=heads, use_rel_pos=True, rel_pos_grid=8, attn_impl="naive")
+    naive.init_rel_pos(std=0.5)
+    chunked = Attention(48, num_heads=heads, use_rel_pos=True, rel_pos_grid=8, attn_impl="sdpa")
+    chunked.load_state_dict(naive.state_dict())
+    per_head = 5 * grid[0] * grid[1] * (16 + grid[0] + grid[1]) * 4
+    chunked.fold_chunk_bytes = chunk_heads * per_head
+    assert chunked.fold_chunk(grid[0] * grid[1], grid) == chunk_heads
+    x = torch.randn(2, *grid, 48)
+    torch.testing.assert_close(chunked(x), naive(x), atol=1e-5, rtol=1e-5)
+    chunked(x).square().sum().backward()
+    naive(x).square().sum().backward()
+    torch.testing.assert_close(chunked.rel_pos_h.grad, naive.rel_pos_h.grad, atol=1e-4, rtol=1e-4)

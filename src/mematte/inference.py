@@ -298,7 +298,10 @@ def _backbone_peak_elements(backbone: ViT, grid: tuple[int, int], batch: int) ->
                 side = tokens if block.window_size == 0 else block.window_size**2
                 mixing += 3 * heads * tokens * side  # logits, biased copy, softmax
             elif block.attn.use_rel_pos:
-                mixing += 5 * heads * tokens * (hd + rel)  # rel_h/rel_w, q', k', v', out
+                # rel_h/rel_w, q', k', v', out for one group of heads (Attention.fold_chunk)
+                per_head = 5 * tokens * (hd + rel)
+                group = min(batch * heads, max(1, block.attn.fold_chunk_bytes // (4 * per_head)))
+                mixing += group * per_head // batch
         mlp = 2 * block.mlp.fc1.out_features * n
         peak = max(peak, 2 * n * c + max(mixing, mlp))
     return batch * peak

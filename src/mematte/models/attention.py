@@ -188,6 +188,8 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
         self.use_rel_pos = use_rel_pos
+        # Memory bound of one folded rel-pos call (see fold_chunk); settable at run time.
+        self.fold_chunk_bytes = 512 * 1024**2
         if use_rel_pos:
             # Zero init, as detectron2 (rel_pos_zero_init=True).
             self.rel_pos_h = nn.Parameter(torch.zeros(2 * rel_pos_grid - 1, self.head_dim))
@@ -210,16 +212,42 @@ class Attention(nn.Module):
         """x: (B, H, W, C) → (B, H, W, C)."""
         b, h, w, c = x.shape
         q, k, v = self.qkv_heads(x.reshape(b, h * w, c))
-        rel_bias = None
-        if self.use_rel_pos:
-            rel_bias = decomposed_rel_pos(q, self.rel_pos_h, self.rel_pos_w, (h, w))
-        if self.attn_impl == "naive":
-            out = naive_attention(q, k, v, self.scale, rel_bias, (h, w))
-        elif rel_bias is not None:
-            out = folded_rel_pos_sdpa(q, k, v, self.scale, rel_bias, (h, w))
+        if self.use_rel_pos and self.attn_impl == "sdpa":
+            out = self._folded_in_chunks(q, k, v, (h, w))
         else:
-            out = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
+            rel_bias = None
+            if self.use_rel_pos:
+                rel_bias = decomposed_rel_pos(q, self.rel_pos_h, self.rel_pos_w, (h, w))
+            if self.attn_impl == "naive":
+                out = naive_attention(q, k, v, self.scale, rel_bias, (h, w))
+            else:
+                out = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
         return self.merge_heads(out, b).view(b, h, w, c)
+
+    def fold_chunk(self, num_tokens: int, grid: tuple[int, int], element_bytes: int = 4) -> int:
+        """Heads (of the B·heads axis) processed together by the folded rel-pos path.
+
+        The augmented q'/k'/v', the SDPA output and the rel-pos terms take about
+        ``5 · N · (head_dim + H + W)`` elements per head; heads go in groups that keep this
+        under ``fold_chunk_bytes`` (at least one head), so peak memory stays bounded at 4K–8K
+        while small inputs (windows, 512² crops) still run all heads in one call.
+        """
+        per_head = 5 * num_tokens * (self.head_dim + grid[0] + grid[1]) * element_bytes
+        return max(1, self.fold_chunk_bytes // per_head)
+
+    def _folded_in_chunks(self, q: Tensor, k: Tensor, v: Tensor, grid: tuple[int, int]) -> Tensor:
+        """Folded rel-pos SDPA over groups of heads: q, k, v (B·heads, N, D) → (B·heads, N, D)."""
+        chunk = self.fold_chunk(q.shape[1], grid, q.element_size())
+        if chunk >= q.shape[0]:
+            bias = decomposed_rel_pos(q, self.rel_pos_h, self.rel_pos_w, grid)
+            return folded_rel_pos_sdpa(q, k, v, self.scale, bias, grid)
+        out = torch.empty_like(q)
+        for start in range(0, q.shape[0], chunk):
+            sl = slice(start, start + chunk)
+            bias = decomposed_rel_pos(q[sl], self.rel_pos_h, self.rel_pos_w, grid)
+            out[sl] = folded_rel_pos_sdpa(q[sl], k[sl], v[sl], self.scale, bias, grid)
+            del bias
+        return out
 
     def init_rel_pos(self, std: float = 0.02) -> None:
         """Optional non-zero rel-pos init (detectron2's ``rel_pos_zero_init=False``)."""
