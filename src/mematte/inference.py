@@ -267,44 +267,47 @@ def _routed_tokens(block: RoutedBlock, n: int) -> int:
     return k
 
 
-def _backbone_peak_elements(backbone: ViT, grid: tuple[int, int], batch: int) -> int:
+def _backbone_peak_elements(
+    backbone: ViT, grid: tuple[int, int], batch: int, element_bytes: int = 4
+) -> int:
     """Largest number of activation elements alive at once in one backbone block.
 
     Counts the residual stream (block input and output), and per block type the tensors that
-    coexist at its widest point: qkv and its head-split copy, the folded rel-pos q'/k'/v' and
-    SDPA output (or the N×N matrices of the naive path), the MLP hidden layer and its GELU,
-    and for routed blocks the router, the LTRM's 2C-wide layers and the gathered K tokens.
+    coexist at its widest point: qkv and its head-split copy, the folded rel-pos terms of one
+    group of heads (:meth:`~mematte.models.attention.Attention.fold_chunk`, as the forward
+    pass groups them), or the N×N matrices of the naive path, the MLP hidden layer and its
+    GELU, and for routed blocks the router, the LTRM's 2C-wide layers and the gathered K tokens.
     """
     hg, wg = grid
     n = hg * wg
     c = backbone.embed_dim
     peak = 0
     for block in backbone.blocks:
-        heads, hd = block.attn.num_heads, block.attn.head_dim
+        attn = block.attn
+        heads = attn.num_heads
+        fold = 0  # folded rel-pos elements of one call (all images of the batch)
         if isinstance(block, RoutedBlock):
             k = _routed_tokens(block, n)
             mixing = 6 * n * c + 8 * k * c  # router + LTRM (2C wide) + y; gathered qkv/attn
-            if block.attn.attn_impl == "naive":
+            if attn.attn_impl == "naive":
                 mixing += 2 * heads * k * k
         else:
             if block.window_size > 0:
                 s = block.window_size
-                tokens = math.ceil(hg / s) * s * math.ceil(wg / s) * s
-                rel = 2 * s
+                windows = math.ceil(hg / s) * math.ceil(wg / s)
+                tokens, call_tokens, call_grid = windows * s * s, s * s, (s, s)
             else:
-                tokens, rel = n, hg + wg
+                windows, tokens, call_tokens, call_grid = 1, n, n, grid
             mixing = n * c + 6 * tokens * c
-            if block.attn.attn_impl == "naive":
-                side = tokens if block.window_size == 0 else block.window_size**2
-                mixing += 3 * heads * tokens * side  # logits, biased copy, softmax
-            elif block.attn.use_rel_pos:
-                # rel_h/rel_w, q', k', v', out for one group of heads (Attention.fold_chunk)
-                per_head = 5 * tokens * (hd + rel)
-                group = min(batch * heads, max(1, block.attn.fold_chunk_bytes // (4 * per_head)))
-                mixing += group * per_head // batch
+            if attn.attn_impl == "naive":
+                mixing += 3 * heads * tokens * call_tokens  # logits, biased copy, softmax
+            elif attn.use_rel_pos:
+                units = batch * windows * heads  # the B·heads axis of the attention call
+                group = min(units, attn.fold_chunk(call_tokens, call_grid, element_bytes))
+                fold = group * attn.fold_elements(call_tokens, call_grid)
         mlp = 2 * block.mlp.fc1.out_features * n
-        peak = max(peak, 2 * n * c + max(mixing, mlp))
-    return batch * peak
+        peak = max(peak, batch * (2 * n * c + max(mixing, mlp)), batch * (2 * n * c + mixing) + fold)
+    return peak
 
 
 def estimate_peak_bytes(
@@ -342,13 +345,12 @@ def estimate_peak_bytes(
     # image (3) + trimap (1) as given, their normalised concat (4) and its padded copy (4),
     # and the fp32 alpha output (1)
     inputs = 4 * batch * (8 * height * width + 4 * hp * wp + height * width)
-    backbone = dtype_bytes * _backbone_peak_elements(net.backbone, grid, batch)
+    backbone = dtype_bytes * _backbone_peak_elements(net.backbone, grid, batch, dtype_bytes)
     features = dtype_bytes * batch * c * grid[0] * grid[1]
-    tiled = hp > tile or wp > tile
-    decoder_tile = decoder_tile_peak_bytes(
-        net.decoder, min(tile, max(hp, wp)) if tiled else max(hp, wp), context if tiled else 0,
-        c, dtype_bytes,
-    )
+    if hp > tile or wp > tile:  # decode_tiled: one window of tile + context at a time
+        decoder_tile = decoder_tile_peak_bytes(net.decoder, tile, context, c, dtype_bytes)
+    else:  # one call on the whole (padded) image
+        decoder_tile = decoder_tile_peak_bytes(net.decoder, max(hp, wp), 0, c, dtype_bytes)
     decoder = features + batch * decoder_tile
     activations = inputs + max(backbone, decoder)
     # Allocator slack, temporaries the model misses and backend workspaces: calibrated on

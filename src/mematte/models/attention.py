@@ -224,15 +224,19 @@ class Attention(nn.Module):
                 out = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
         return self.merge_heads(out, b).view(b, h, w, c)
 
+    def fold_elements(self, num_tokens: int, grid: tuple[int, int]) -> int:
+        """Elements one head of the folded rel-pos path holds at once: the rel-pos terms, the
+        augmented q'/k'/v' and the SDPA output, about ``5 · N · (head_dim + H + W)``."""
+        return 5 * num_tokens * (self.head_dim + grid[0] + grid[1])
+
     def fold_chunk(self, num_tokens: int, grid: tuple[int, int], element_bytes: int = 4) -> int:
         """Heads (of the B·heads axis) processed together by the folded rel-pos path.
 
-        The augmented q'/k'/v', the SDPA output and the rel-pos terms take about
-        ``5 · N · (head_dim + H + W)`` elements per head; heads go in groups that keep this
-        under ``fold_chunk_bytes`` (at least one head), so peak memory stays bounded at 4K–8K
-        while small inputs (windows, 512² crops) still run all heads in one call.
+        Heads go in groups whose :meth:`fold_elements` stay under ``fold_chunk_bytes`` (at
+        least one head), so peak memory stays bounded at 4K–8K while small inputs (windows,
+        512² crops) still run all heads in one call.
         """
-        per_head = 5 * num_tokens * (self.head_dim + grid[0] + grid[1]) * element_bytes
+        per_head = self.fold_elements(num_tokens, grid) * element_bytes
         return max(1, self.fold_chunk_bytes // per_head)
 
     def _folded_in_chunks(self, q: Tensor, k: Tensor, v: Tensor, grid: tuple[int, int]) -> Tensor:
