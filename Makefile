@@ -9,13 +9,14 @@ TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: setup train test test-fast test-all eval clean-logs help
+.PHONY: setup train test test-fast test-all eval bench clean-logs help
 
 help:
 	@echo "make setup      create .venv and install mematte[dev]"
 	@echo "make train      train the tiny ViTMatte on synthetic data (CPU, minutes); ARGS='key=value ...'"
 	@echo "make test       full test suite (slow tests included)"
 	@echo "make test-fast  pytest -m 'not slow' (< 5 min)"
+	@echo "make bench      memory/latency benchmark of full-resolution inference (experiments/results)"
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,3 +38,8 @@ test-fast: $(STAMP)
 
 clean-logs:
 	rm -rf logs
+
+# Peak memory / latency benchmark → experiments/results/bench_<device>.{csv,md,png}
+# (hours on a 2-core CPU; finished points are reused when it is rerun). ARGS='device=cuda ...'
+bench: $(STAMP)
+	$(BIN)/python bench.py $(ARGS)

@@ -269,8 +269,12 @@ def _routed_tokens(block: RoutedBlock, n: int) -> int:
 
 def _backbone_peak_elements(
     backbone: ViT, grid: tuple[int, int], batch: int, element_bytes: int = 4
-) -> int:
+) -> tuple[int, int]:
     """Largest number of activation elements alive at once in one backbone block.
+
+    Returns ``(peak, matrices)``: the peak, and how much of it are the N×N matrices of naive
+    attention (exactly known, so the estimate's proportional margin leaves them out).
+
 
     Counts the residual stream (block input and output), and per block type the tensors that
     coexist at its widest point: qkv and its head-split copy, the folded rel-pos terms of one
@@ -281,16 +285,17 @@ def _backbone_peak_elements(
     hg, wg = grid
     n = hg * wg
     c = backbone.embed_dim
-    peak = 0
+    peak = matrices_at_peak = 0
     for block in backbone.blocks:
         attn = block.attn
         heads = attn.num_heads
         fold = 0  # folded rel-pos elements of one call (all images of the batch)
+        matrices = 0  # naive attention's N×N matrices (all images of the batch)
         if isinstance(block, RoutedBlock):
             k = _routed_tokens(block, n)
             mixing = 6 * n * c + 8 * k * c  # router + LTRM (2C wide) + y; gathered qkv/attn
             if attn.attn_impl == "naive":
-                mixing += 2 * heads * k * k
+                matrices = 2 * heads * k * k
         else:
             if block.window_size > 0:
                 s = block.window_size
@@ -300,14 +305,18 @@ def _backbone_peak_elements(
                 windows, tokens, call_tokens, call_grid = 1, n, n, grid
             mixing = n * c + 6 * tokens * c
             if attn.attn_impl == "naive":
-                mixing += 3 * heads * tokens * call_tokens  # logits, biased copy, softmax
+                matrices = 3 * heads * tokens * call_tokens  # logits, biased copy, softmax
             elif attn.use_rel_pos:
                 units = batch * windows * heads  # the B·heads axis of the attention call
                 group = min(units, attn.fold_chunk(call_tokens, call_grid, element_bytes))
                 fold = group * attn.fold_elements(call_tokens, call_grid)
+        mixing += matrices
         mlp = 2 * block.mlp.fc1.out_features * n
-        peak = max(peak, batch * (2 * n * c + max(mixing, mlp)), batch * (2 * n * c + mixing) + fold)
-    return peak
+        block_peak = max(batch * (2 * n * c + max(mixing, mlp)), batch * (2 * n * c + mixing) + fold)
+        if block_peak > peak:
+            peak = block_peak
+            matrices_at_peak = batch * matrices if mixing >= mlp or fold else 0
+    return peak, matrices_at_peak
 
 
 def estimate_peak_bytes(
@@ -316,7 +325,7 @@ def estimate_peak_bytes(
     width: int,
     *,
     batch: int = 1,
-    tile: int = 512,
+    tile: int | None = 512,
     context: int = 64,
     dtype_bytes: int = 4,
 ) -> dict[str, int]:
@@ -328,7 +337,8 @@ def estimate_peak_bytes(
 
     Args:
         net: the matting net.  height, width: image size (before padding).
-        batch: images per call.  tile, context: decoder tiling.
+        batch: images per call.  tile, context: decoder tiling (``tile=None``: one decoder
+            call on the whole image, as the original code).
         dtype_bytes: 4 (fp32) or 2 (bf16/fp16 autocast activations).
 
     Returns:
@@ -345,9 +355,10 @@ def estimate_peak_bytes(
     # image (3) + trimap (1) as given, their normalised concat (4) and its padded copy (4),
     # and the fp32 alpha output (1)
     inputs = 4 * batch * (8 * height * width + 4 * hp * wp + height * width)
-    backbone = dtype_bytes * _backbone_peak_elements(net.backbone, grid, batch, dtype_bytes)
+    backbone_elements, matrix_elements = _backbone_peak_elements(net.backbone, grid, batch, dtype_bytes)
+    backbone = dtype_bytes * backbone_elements
     features = dtype_bytes * batch * c * grid[0] * grid[1]
-    if hp > tile or wp > tile:  # decode_tiled: one window of tile + context at a time
+    if tile is not None and (hp > tile or wp > tile):  # decode_tiled: one window of tile + context at a time
         decoder_tile = decoder_tile_peak_bytes(net.decoder, tile, context, c, dtype_bytes)
     else:  # one call on the whole (padded) image
         decoder_tile = decoder_tile_peak_bytes(net.decoder, max(hp, wp), 0, c, dtype_bytes)
@@ -355,8 +366,11 @@ def estimate_peak_bytes(
     activations = inputs + max(backbone, decoder)
     # Allocator slack, temporaries the model misses and backend workspaces: calibrated on
     # fresh-process CPU peaks of ViT-S nets at 1024² and 2048² (the model alone came out
-    # 2–25% low; with the margin it is 0–20% high).
-    margin = int(_MARGIN_FRACTION * activations) + _MARGIN_BYTES
+    # 2–25% low; with the margin it is 0–20% high). Naive attention's N×N matrices are exact
+    # (measured within 2% at 1024²) and get no proportional margin: at 2048² they are 18 GiB,
+    # and 20% of that would refuse images that fit.
+    exact = dtype_bytes * matrix_elements if backbone >= decoder else 0
+    margin = int(_MARGIN_FRACTION * (activations - exact)) + _MARGIN_BYTES
     return {
         "weights": weights,
         "inputs": inputs,
@@ -418,7 +432,8 @@ class Predictor:
         device: where to run (``"cpu"``, ``"cuda"``...).
         precision: ``auto`` (bf16 autocast on CUDA GPUs that support it, else fp16; fp32 on
             CPU), ``fp32``, ``bf16`` or ``fp16``.
-        tile, context: decoder tiling (multiples of 16).
+        tile, context: decoder tiling (multiples of 16); ``tile=None`` decodes the whole image
+            in one call (the original code's way, for baselines: full-resolution activations).
         memory_budget_gb: refuse images whose estimated peak exceeds this; None = no check.
         max_tokens: cap on global-attention tokens per routed block and image.
         routed_inference: ``argmax`` or ``expected`` for routed blocks (None = as built).
@@ -429,7 +444,7 @@ class Predictor:
         net: MattingNet,
         device: str | torch.device = "cpu",
         precision: Precision = "auto",
-        tile: int = 512,
+        tile: int | None = 512,
         context: int = 64,
         memory_budget_gb: float | None = None,
         max_tokens: int | None = None,
@@ -438,7 +453,8 @@ class Predictor:
         if precision not in PRECISIONS:
             raise ValueError(f"precision={precision!r}: choose one of {list(PRECISIONS)}")
         stride = decoder_stride(net.decoder)
-        _check_multiple("tile", tile, stride)
+        if tile is not None:
+            _check_multiple("tile", tile, stride)
         _check_multiple("context", context, stride)
         self.device = torch.device(device)
         self.net = net.eval().to(self.device)
@@ -477,7 +493,7 @@ class Predictor:
                 f"a {width}×{height} image (batch {batch}) needs an estimated "
                 f"{estimate['total'] / GIB:.2f} GiB (GiB: {parts}), over the "
                 f"{self.memory_budget_gb:g} GiB budget. Fix: {hint}, use smaller decoder tiles "
-                f"(tile={self.tile} now), bf16/fp16 precision on GPU, or raise the budget."
+                f"(tile={self.tile} now; 512 is the default), bf16/fp16 precision on GPU, or raise the budget."
             )
         return estimate
 
@@ -515,7 +531,10 @@ class Predictor:
             x = self.net.prepare_inputs(image, trimap)
             backbone_out = self.net.backbone(x)
             routing = backbone_out.routing
-            alpha = decode_tiled(self.net.decoder, backbone_out.features, x, self.tile, self.context)
+            if self.tile is None:
+                alpha = self.net.decoder(backbone_out.features, x)
+            else:
+                alpha = decode_tiled(self.net.decoder, backbone_out.features, x, self.tile, self.context)
             del x, backbone_out  # free the full-resolution input and the features early
             alpha = clamp_to_trimap(alpha[..., :h, :w].float(), trimap)
         return Prediction(alpha=alpha.cpu(), routing=routing, estimate=estimate)

@@ -1,0 +1,171 @@
+"""The benchmark harness: fresh-process points, budget and time skips, resume, reports."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import OmegaConf, open_dict
+
+from conftest import CONF_DIR
+from mematte.bench import (
+    PointResult,
+    PointSpec,
+    loglog_slope,
+    model_net_configs,
+    predict_latency,
+    reference_ratios,
+    run_benchmark,
+    run_point,
+)
+
+TINY_MODELS = {
+    "tiny_vitmatte": {"label": "tiny ViTMatte naive", "overrides": ["backbone=vit_tiny", "router=none",
+                                                                    "backbone.attn_impl=naive"],
+                      "precision": "fp32", "tile": None},
+    "tiny_mematte": {"label": "tiny MEMatte", "overrides": ["backbone=vit_tiny", "router=local_global",
+                                                            "routing=fixed", "routing.target=0.25"]},
+}
+
+
+@pytest.fixture
+def bench_cfg(tmp_path: Path):
+    """The bench config at a tiny setting, inside an initialised compose context."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="bench", overrides=[
+            f"out_dir={tmp_path}", "name=tiny", "repeats=2", "warmup=1", "threads=1",
+            "resolutions=[[64,64],[96,128]]", "reference=tiny_vitmatte",
+            "slope_pixels=[4000,20000]", "extras.print_config=false",
+            "paths.root_dir=.",
+        ])
+        with open_dict(cfg):
+            cfg.models = OmegaConf.create(TINY_MODELS)
+            cfg.run_models = ["tiny_vitmatte", "tiny_mematte"]
+        yield cfg
+    GlobalHydra.instance().clear()
+
+
+def test_loglog_slope_and_latency_extrapolation():
+    assert loglog_slope([(1, 3), (10, 30), (100, 300)]) == pytest.approx(1.0)
+    assert loglog_slope([(1, 1), (4, 16)]) == pytest.approx(2.0)
+    assert loglog_slope([(5, 1)]) is None
+    one = [PointResult("m", 100, 100, "ok", latency_s=2.0)]
+    assert predict_latency([], 10**6) is None
+    assert predict_latency(one, 4 * 10**4) == pytest.approx(2.0 * 4**2)  # pessimistic quadratic
+    two = one + [PointResult("m", 200, 200, "ok", latency_s=8.0)]  # linear in pixels
+    assert predict_latency(two, 16 * 10**4) == pytest.approx(32.0)
+    # a skipped point does not count as a measurement
+    assert predict_latency(two + [PointResult("m", 400, 400, "skipped")], 10**6) == pytest.approx(
+        8.0 * 10**6 / 4e4)
+    # sub-linear timings (start-up dominated) extrapolate linearly, never below
+    flat = one + [PointResult("m", 200, 200, "ok", latency_s=2.5)]
+    assert predict_latency(flat, 16 * 10**4) == pytest.approx(2.5 * 4)
+
+
+def test_reference_ratio_falls_back_to_the_estimate_of_a_skipped_reference():
+    results = [
+        PointResult("ref", 10, 10, "ok", peak_bytes=100, latency_s=4.0),
+        PointResult("ref", 20, 20, "skipped", estimate_bytes=1100, weights_bytes=100),
+        PointResult("m", 10, 10, "ok", peak_bytes=25, latency_s=1.0),
+        PointResult("m", 20, 20, "ok", peak_bytes=50, latency_s=2.0),
+    ]
+    ratios = reference_ratios(results, "ref")
+    assert ratios[("m", 10, 10)] == (0.25, 0.25, False)
+    assert ratios[("m", 20, 20)] == (0.05, None, True)  # 50 / (1100 − 100 weights)
+
+
+def test_run_point_measures_memory_and_latency_in_process():
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        configs = model_net_configs(OmegaConf.create(TINY_MODELS))
+    GlobalHydra.instance().clear()
+    spec = PointSpec(model="tiny_mematte", net_config=configs["tiny_mematte"], height=64, width=96,
+                     repeats=2, warmup=1, threads=1)
+    result = run_point(spec)
+    assert result.status == "ok" and result.peak_bytes > 0 and result.latency_s > 0
+    assert len(result.latencies_s) == 2
+    # 4×6 tokens, top 25 % of them through global attention in each of the routed blocks
+    assert result.tokens == 24 and result.global_tokens == [6] * len(result.global_tokens)
+
+
+def test_benchmark_runs_points_in_subprocesses_and_writes_reports(bench_cfg, tmp_path: Path):
+    results = run_benchmark(bench_cfg)
+    assert [(r.model, r.height, r.width, r.status) for r in results] == [
+        ("tiny_vitmatte", 64, 64, "ok"), ("tiny_vitmatte", 96, 128, "ok"),
+        ("tiny_mematte", 64, 64, "ok"), ("tiny_mematte", 96, 128, "ok"),
+    ]
+    for r in results:
+        assert r.peak_bytes > 0 and r.latency_s > 0 and r.estimate_bytes > r.weights_bytes > 0
+    rows = list(csv.DictReader((tmp_path / "tiny.csv").open()))
+    assert len(rows) == 4 and rows[0]["status"] == "ok"
+    md = (tmp_path / "tiny.md").read_text()
+    assert "| tiny MEMatte | 128×96 | ok |" in md and "Log-log slope" in md
+    assert (tmp_path / "tiny.png").stat().st_size > 1000
+    assert not list(tmp_path.glob(".*tmp*"))  # atomic writes leave no temp files
+
+    # resume: a second run reuses every finished point (no worker starts: it would be slow)
+    lines = (tmp_path / "tiny.jsonl").read_text().splitlines()
+    again = run_benchmark(bench_cfg)
+    assert [r.peak_bytes for r in again] == [r.peak_bytes for r in results]
+    assert (tmp_path / "tiny.jsonl").read_text().splitlines() == lines
+
+
+def test_points_over_budget_or_time_limit_are_skipped_not_run(bench_cfg, tmp_path: Path, monkeypatch):
+    started = []
+    monkeypatch.setattr("mematte.bench.measure", lambda spec, *a: started.append(spec) or PointResult(
+        spec.model, spec.height, spec.width, "ok", peak_bytes=1, latency_s=10.0))
+    with open_dict(bench_cfg):
+        bench_cfg.memory_budget_gb = 1e-6
+        bench_cfg.resume = False
+    results = run_benchmark(bench_cfg)
+    assert not started and {r.status for r in results} == {"skipped"}
+    assert all("budget" in r.reason for r in results)
+
+    with open_dict(bench_cfg):
+        bench_cfg.memory_budget_gb = 64
+        bench_cfg.time_limit_s = 15  # 10 s at 64², quadratic guess → 30 s at 96×128
+    results = run_benchmark(bench_cfg)
+    assert [r.status for r in results] == ["ok", "skipped", "ok", "skipped"]
+    assert "time_limit_s" in results[1].reason and len(started) == 2
+    md = (tmp_path / "tiny.md").read_text()
+    assert "skipped: predicted" in md
+
+
+def test_address_space_guard_turns_an_oversized_point_into_oom():
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        configs = model_net_configs(OmegaConf.create(TINY_MODELS))
+    GlobalHydra.instance().clear()
+    # naive attention at 2048² on the tiny net needs 3 GiB per N×N matrix: over the 1 GiB slack
+    spec = PointSpec(model="tiny_vitmatte", net_config=configs["tiny_vitmatte"], height=2048, width=2048,
+                     repeats=1, warmup=0, threads=1, memory_limit_bytes=1)
+    from mematte.bench import measure
+
+    result = measure(spec, estimate_bytes=0, timeout_s=300)
+    assert result.status == "oom", result
+    assert "memory" in result.reason.lower()
+
+
+def test_unknown_model_is_refused(bench_cfg):
+    with open_dict(bench_cfg):
+        bench_cfg.run_models = ["tiny_vitmatte", "vitmatte_xl"]
+    with pytest.raises(ValueError, match="vitmatte_xl"):
+        run_benchmark(bench_cfg)
+
+
+def test_jsonl_survives_a_cut_line(bench_cfg, tmp_path: Path, monkeypatch):
+    from mematte.bench import append_record, load_records
+
+    fp = {"a": 1}
+    path = tmp_path / "x.jsonl"
+    append_record(path, fp, PointResult("m", 1, 2, "ok", peak_bytes=3))
+    with path.open("a") as f:
+        f.write('{"fingerprint": {"a": 1}, "result": {"mod')  # killed mid-write
+    records = load_records(path, fp)
+    assert list(records) == ["m@1x2"] and records["m@1x2"].peak_bytes == 3
+    assert load_records(path, {"a": 2}) == {}
+    assert math.isfinite(json.loads(path.read_text().splitlines()[0])["result"]["peak_bytes"])
