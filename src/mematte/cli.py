@@ -15,7 +15,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from mematte.checkpoints import build_net, init_net_from, load_checkpoint, net_from_checkpoint
+from mematte.checkpoints import build_net, detect_format, init_net_from, load_checkpoint, net_from_any
 from mematte.inference import configure_routed_inference
 
 log = logging.getLogger("mematte")
@@ -155,8 +155,10 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     if cfg.split not in ("test", "val"):
         raise ValueError(f"split={cfg.split!r}: choose test or val")
     ckpt_path = Path(cfg.ckpt_path)
-    ckpt = load_checkpoint(ckpt_path)
-    net = net_from_checkpoint(ckpt)
+    # ours, an official ViTMatte/MEMatte .pth or a Hugging Face folder (mematte.checkpoints)
+    net = net_from_any(ckpt_path)
+    ours = detect_format(ckpt_path) == "mematte"
+    step = load_checkpoint(ckpt_path).get("global_step") if ours else None
     configure_routed_inference(net, **(cfg.get("routed_inference") or {}))
     module = MattingModule(net=net, eval_region=cfg.eval_region)
 
@@ -178,14 +180,15 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         "num_images": len(loader.dataset),
         "metrics": metrics,
         "seconds": seconds,
-        "checkpoint_step": ckpt.get("global_step"),
+        "checkpoint_step": step,
     }
     # routing overrides change the model: keep their results apart from the plain ones
     overrides = {k: v for k, v in (cfg.get("routed_inference") or {}).items() if v is not None}
     payload["routed_inference"] = overrides
     write_json(Path(cfg.paths.output_dir) / "metrics.json", payload)
-    run_dir = ckpt_path.resolve().parent.parent
-    suffix = "".join(f"_{k}-{v}" for k, v in sorted(overrides.items()))
-    write_json(run_dir / "eval" / f"{data_name}_{cfg.split}{suffix}.json", payload)
+    if ours:  # next to the training run (<run>/checkpoints/x.ckpt → <run>/eval/), for reports
+        run_dir = ckpt_path.resolve().parent.parent
+        suffix = "".join(f"_{k}-{v}" for k, v in sorted(overrides.items()))
+        write_json(run_dir / "eval" / f"{data_name}_{cfg.split}{suffix}.json", payload)
     log.info("metrics: %s", metrics)
     return metrics

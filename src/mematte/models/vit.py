@@ -232,7 +232,8 @@ class ViT(nn.Module):
         self.pretrain_grid = grid
         self.num_prefix_tokens = 1 if pretrain_use_cls_token else 0
         self.pos_embed = nn.Parameter(torch.zeros(1, grid * grid + self.num_prefix_tokens, embed_dim))
-        dpr = [float(r) for r in torch.linspace(0, drop_path_rate, depth)]
+        # on the CPU explicitly: the net may be built under torch.device("meta") (shape checks)
+        dpr = [float(r) for r in torch.linspace(0, drop_path_rate, depth, device="cpu")]
         self.blocks = nn.ModuleList()
         for i in range(depth):
             is_global = i in self.global_block_indexes

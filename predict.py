@@ -1,0 +1,22 @@
+"""Matte images: ``python predict.py ckpt_path=CKPT input=IMG_OR_DIR trimaps=DIR out=DIR``.
+
+Exits with code 1 when any image failed (listed in ``out/failures.json``) or the options
+are wrong.
+"""
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+from mematte.predict import run_from_config
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="predict")
+def main(cfg: DictConfig) -> None:
+    code = run_from_config(cfg)
+    if code:
+        sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()
