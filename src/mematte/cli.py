@@ -15,6 +15,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from mematte.atomic import atomic_write_text
 from mematte.checkpoints import build_net, detect_format, init_net_from, load_checkpoint, net_from_any
 from mematte.inference import configure_routed_inference
 
@@ -57,10 +58,7 @@ def instantiate_list(cfg: DictConfig | None) -> list[Any]:
 
 def write_json(path: Path, payload: dict[str, Any]) -> None:
     """Write JSON atomically (temp file + rename), so a crash never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(payload, indent=2, sort_keys=True) + "\n")
 
 
 def scalar_metrics(metrics: dict[str, Any], prefix: str) -> dict[str, float]:

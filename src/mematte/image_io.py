@@ -15,12 +15,12 @@ default); some libraries flip that process-wide flag.
 from __future__ import annotations
 
 import logging
-import os
-import secrets
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from mematte.atomic import atomic_path
 
 log = logging.getLogger("mematte")
 
@@ -275,19 +275,7 @@ def write_png(path: str | Path, array: np.ndarray, bits: int = 8) -> Path:
     if not (data.ndim == 2 or (data.ndim == 3 and data.shape[2] in (3, 4))):
         raise ValueError(f"expected (H, W), (H, W, 3) or (H, W, 4), got {data.shape}")
     image = Image.fromarray(np.ascontiguousarray(data))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # O_EXCL on a random name instead of tempfile.mkstemp: mkstemp creates mode 0600, which
-    # os.replace would carry over to the output; os.open(0o666) honours the user's umask
-    tmp_name = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-    fd = os.open(tmp_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            image.save(handle, format="PNG")
-            handle.flush()
-            os.fsync(handle.fileno())  # the data is on disk before the name points at it
-        os.replace(tmp_name, path)
-    except BaseException:
-        tmp_name.unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="PNG")
     return path
 

@@ -36,7 +36,7 @@ from torch import Tensor, nn
 
 from mematte.checkpoints import net_from_any
 from mematte.cli import apply_extras, write_json
-from mematte.data.composition import binary_erosion, ellipse_kernel
+from mematte.data.composition import binary_erosion, ellipse_kernel, quantize_trimap, trimap_to_uint8
 from mematte.image_io import (
     IMAGE_EXTENSIONS,
     ImageReadError,
@@ -225,14 +225,6 @@ def trimap_from_mask(mask: np.ndarray, unknown_width_px: int, threshold: float =
     return trimap
 
 
-def _quantise_trimap_u8(trimap: np.ndarray) -> np.ndarray:
-    """uint8 trimap → {0, 128, 255}: ``< 85`` background, ``≥ 170`` foreground, else unknown."""
-    out = np.full(trimap.shape, 128, dtype=np.uint8)
-    out[trimap < 85] = 0
-    out[trimap >= 170] = 255
-    return out
-
-
 def _check_same_size(
     guide: np.ndarray, guide_path: Path, image_hw: tuple[int, int], image_path: Path, kind: str
 ) -> None:
@@ -277,7 +269,7 @@ def _load_guide(
                 job.guide, values,
             )
             state.warned_quantised = True
-        trimap = _quantise_trimap_u8(trimap)
+        trimap = trimap_to_uint8(quantize_trimap(trimap))
     return trimap
 
 

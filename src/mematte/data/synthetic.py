@@ -34,14 +34,11 @@ import argparse
 import colorsys
 import functools
 import math
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 
 from mematte.data.composition import (
@@ -50,6 +47,7 @@ from mematte.data.composition import (
     trimap_from_alpha,
     trimap_to_uint8,
 )
+from mematte.image_io import write_png
 from mematte.metrics import to_uint8
 
 __all__ = [
@@ -1297,18 +1295,6 @@ def _to_uint8(tensor: torch.Tensor) -> np.ndarray:
     return array[0] if array.shape[0] == 1 else array.transpose(1, 2, 0)
 
 
-def _save_png_atomic(array: np.ndarray, path: Path) -> None:
-    """Write a PNG via a temporary file in the same folder + os.replace (never half-written)."""
-    handle, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            Image.fromarray(array).save(file, format="PNG")
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-
-
 def write_folder_dataset(dataset: Dataset, root: str | Path, with_fg_bg: bool = False) -> int:
     """Write a dataset in the "folder" layout and return the number of samples written.
 
@@ -1329,13 +1315,13 @@ def write_folder_dataset(dataset: Dataset, root: str | Path, with_fg_bg: bool = 
     for index in range(len(dataset)):
         sample = dataset[index]
         name = sample["name"]
-        _save_png_atomic(_to_uint8(sample["image"]), root / "image" / f"{name}.png")
-        _save_png_atomic(_to_uint8(sample["alpha"]), root / "alpha" / f"{name}.png")
-        _save_png_atomic(trimap_to_uint8(sample["trimap"][0].numpy()), root / "trimap" / f"{name}.png")
+        write_png(root / "image" / f"{name}.png", _to_uint8(sample["image"]))
+        write_png(root / "alpha" / f"{name}.png", _to_uint8(sample["alpha"]))
+        write_png(root / "trimap" / f"{name}.png", trimap_to_uint8(sample["trimap"][0].numpy()))
         if with_fg_bg:
             for key in ("fg", "bg"):
                 if key in sample:
-                    _save_png_atomic(_to_uint8(sample[key]), root / key / f"{name}.png")
+                    write_png(root / key / f"{name}.png", _to_uint8(sample[key]))
     return len(dataset)
 
 
