@@ -8,6 +8,8 @@ import pytest
 from hydra.utils import instantiate
 
 from conftest import CONF_DIR
+from test_folders import LAYOUTS, LOADERS
+from test_folders import TINY as TINY_FOLDERS
 
 ROOTS = sorted(p.stem for p in CONF_DIR.glob("*.yaml"))
 # Groups selected by the root configs, with every option on disk.
@@ -39,7 +41,15 @@ def test_root_configs_compose(make_cfg, root):
 def test_every_group_option_composes_and_instantiates(make_cfg, group, option, tmp_path: Path):
     # LTRM and routing options only act on a routed net
     routed = ["router=local_global"] if group in ("ltrm", "routing") else []
-    cfg = make_cfg("train", [*routed, f"{group}={option}"])
+    if group == "data" and option in LAYOUTS:  # real layouts: a tiny root written as released
+        root = tmp_path / "root"
+        LAYOUTS[option](root)
+        overrides = [f"data={option}", f"data.root={root}", *LOADERS]
+        cfg = make_cfg("train", overrides, tiny=False)
+        if cfg.data.get("train_set") is not None:
+            cfg = make_cfg("train", overrides + TINY_FOLDERS, tiny=False)
+    else:
+        cfg = make_cfg("train", [*routed, f"{group}={option}"])
     # Build what the option describes, cheaply (no trainer run).
     if group in ("backbone", "decoder", "router", "model", "ltrm", "routing"):
         net = instantiate(cfg.model)
