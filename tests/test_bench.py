@@ -93,6 +93,7 @@ def test_run_point_measures_memory_and_latency_in_process():
     assert result.tokens == 24 and result.global_tokens == [6] * len(result.global_tokens)
 
 
+@pytest.mark.slow  # four fresh worker processes (~10 s of imports each)
 def test_benchmark_runs_points_in_subprocesses_and_writes_reports(bench_cfg, tmp_path: Path):
     results = run_benchmark(bench_cfg)
     assert [(r.model, r.height, r.width, r.status) for r in results] == [

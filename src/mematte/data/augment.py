@@ -43,7 +43,7 @@ from kornia.geometry.transform import warp_affine
 from torch import Tensor, nn
 
 # One threshold for "pure" alpha everywhere (DIM / ViTMatte use 1e-5).
-from mematte.data.composition import _ALPHA_EPS as ALPHA_EPS
+from mematte.data.composition import ALPHA_EPS
 from mematte.data.composition import TRIMAP_UNKNOWN, ellipse_kernel
 
 __all__ = [

@@ -33,7 +33,8 @@ TRIMAP_UNKNOWN = 0.5
 TRIMAP_FOREGROUND = 1.0
 
 # Alpha values closer than this to 0 / 1 count as pure background / foreground (DIM, ViTMatte).
-_ALPHA_EPS = 1e-5
+# alpha within this of 0 / 1 counts as definite background / foreground (trimap erosion)
+ALPHA_EPS = 1e-5
 
 
 def composite(fg: np.ndarray, bg: np.ndarray, alpha: np.ndarray) -> np.ndarray:
@@ -215,8 +216,8 @@ def trimap_from_alpha(
         return ellipse_kernel(max(1, int(round(size * scale))))
 
     fg_kernel, bg_kernel = draw_kernel(), draw_kernel()
-    fg_mask = binary_erosion(alpha >= 1.0 - _ALPHA_EPS, fg_kernel)
-    bg_mask = binary_erosion(alpha <= _ALPHA_EPS, bg_kernel)
+    fg_mask = binary_erosion(alpha >= 1.0 - ALPHA_EPS, fg_kernel)
+    bg_mask = binary_erosion(alpha <= ALPHA_EPS, bg_kernel)
     trimap = np.full(alpha.shape, TRIMAP_UNKNOWN, dtype=np.float32)
     trimap[fg_mask] = TRIMAP_FOREGROUND
     trimap[bg_mask] = TRIMAP_BACKGROUND
