@@ -40,6 +40,7 @@ clean-logs:
 	rm -rf logs
 
 # Peak memory / latency benchmark → experiments/results/bench_<device>.{csv,md,png}
-# (hours on a 2-core CPU; finished points are reused when it is rerun). ARGS='device=cuda ...'
+# (≈ 50 min on a 2-core CPU with ARGS=threads=1; finished points are reused on a rerun).
+# On a GPU: make bench ARGS=device=cuda
 bench: $(STAMP)
 	$(BIN)/python bench.py $(ARGS)
