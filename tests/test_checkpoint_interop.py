@@ -468,3 +468,22 @@ def test_convert_runs_as_a_module(make_cfg, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert f"wrote {out}" in proc.stdout
     assert_same_state(net_from_checkpoint(load_checkpoint(out)), net)
+
+
+def test_eval_and_predict_take_an_official_file(make_cfg, tmp_path):
+    """`eval.py ckpt_path=X.pth` and `predict.py ckpt_path=X.pth` read official files directly."""
+    from mematte.cli import evaluate
+    from mematte.predict import load_net
+
+    net, _ = tiny_net(make_cfg, routed=True)
+    path = export_official(net, tmp_path / "downloads" / "MEMatte_S.pth")
+    assert_same_state(load_net(path), net)
+
+    cfg = make_cfg("eval", [f"ckpt_path={path}", "data.test_set.num_samples=1",
+                            "data.test_set.min_size=64", "data.test_set.max_size=80"])
+    metrics = evaluate(cfg)
+    assert {"sad", "mse", "grad", "conn"} <= set(metrics)
+    payload = (tmp_path / "metrics.json").read_text()
+    assert '"checkpoint_step": null' in payload
+    # a downloaded file has no training run around it: nothing written next to it
+    assert sorted(p.name for p in path.parent.iterdir()) == ["MEMatte_S.pth"]
