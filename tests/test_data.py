@@ -409,7 +409,10 @@ def test_datamodule_loaders() -> None:
         batch_size=2,
     )
     train_loader = module.train_dataloader()
-    assert isinstance(train_loader.sampler, torch.utils.data.RandomSampler)
+    # seeded shuffle, a pure function of (seed, epoch): resumable mid-epoch
+    from mematte.data.datamodule import ResumableSampler
+
+    assert isinstance(train_loader.sampler, ResumableSampler)
     assert not train_loader.persistent_workers
     batches = list(train_loader)
     assert len(batches) == 2  # 5 samples, batch 2, last incomplete batch dropped

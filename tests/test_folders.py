@@ -146,7 +146,7 @@ def data_module(make_cfg) -> Callable[..., FolderDataModule]:
 
 def train_batch(dm: FolderDataModule) -> dict:
     """One training batch as the trainer sees it: collated, 'transferred', augmented."""
-    dm.trainer = SimpleNamespace(training=True, global_rank=0)
+    dm.trainer = SimpleNamespace(training=True, global_rank=0, world_size=1, fit_loop=None)
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
     return dm.on_after_batch_transfer(batch, 0)

@@ -8,16 +8,21 @@ import os
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from mematte.atomic import atomic_write_text
 from mematte.checkpoints import build_net, detect_format, init_net_from, load_checkpoint, net_from_any
 from mematte.inference import configure_routed_inference
+
+if TYPE_CHECKING:
+    import lightning as L
+
+    from mematte.resilience import ResumePlan
 
 log = logging.getLogger("mematte")
 
@@ -94,47 +99,199 @@ def train(cfg: DictConfig) -> float | None:
     """Fit, then test the best checkpoint. Returns the best validation SAD (for sweepers).
 
     Writes ``<output_dir>/metrics.json`` with the untrained and final validation metrics,
-    the test metrics and the wall time.
+    the test metrics and the wall time; that file also marks the run as finished.
+
+    Resuming (``resume: auto``, see :mod:`mematte.resilience`): if an unfinished earlier run
+    of the same command has ``checkpoints/last.ckpt``, training continues in that run's
+    directory from that checkpoint (same global step, optimiser, schedule, RNG and data
+    order; same W&B run id). A stop signal (:class:`~mematte.resilience.Preemption`) ends
+    the run with a saved checkpoint and the callback's exit code.
     """
     import lightning as L
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    from mematte import resilience
 
     apply_extras(cfg)
-    L.seed_everything(cfg.seed, workers=True)
+    plan = _plan_resume(cfg)
+    try:
+        L.seed_everything(cfg.seed, workers=True)
+        output_dir = Path(cfg.paths.output_dir)
+        run_state = _start_attempt(cfg, plan)
+
+        datamodule = instantiate(cfg.data, _convert_="partial")
+        module = build_module(cfg)
+        loggers = instantiate_list(cfg.get("logger"))
+        callbacks = instantiate_list(cfg.get("callbacks"))
+        if not loggers:  # nothing to report learning rates to
+            callbacks = [c for c in callbacks if not isinstance(c, L.pytorch.callbacks.LearningRateMonitor)]
+        trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+        if plan.resumed and trainer.is_global_zero:
+            _continue_logs(loggers, plan)
+
+        summary: dict[str, Any] = {"config": OmegaConf.to_container(cfg, resolve=True)}
+        if run_state.get("val_untrained") is not None:
+            summary["val_untrained"] = run_state["val_untrained"]
+        elif cfg.get("validate_before_training") and not trainer.fast_dev_run and not plan.resumed:
+            trainer.validate(module, datamodule=datamodule, verbose=False)
+            summary["val_untrained"] = scalar_metrics(trainer.callback_metrics, "val/")
+            log.info("untrained validation: %s", summary["val_untrained"])
+            if trainer.is_global_zero:
+                resilience.update_run_state(output_dir, val_untrained=summary["val_untrained"])
+
+        start = time.perf_counter()
+        try:
+            trainer.fit(module, datamodule=datamodule, ckpt_path=plan.ckpt_path)
+        except SIGTERMException:
+            _stopped_by_signal(cfg, trainer, callbacks)  # raises SystemExit
+        except BaseException as err:
+            if trainer.is_global_zero:
+                status = "interrupted" if isinstance(err, (KeyboardInterrupt, SystemExit)) else "failed"
+                _end_attempt(output_dir, status, trainer.global_step, error=f"{type(err).__name__}: {err}")
+            raise
+        summary["train_seconds"] = time.perf_counter() - start
+        summary["global_step"] = trainer.global_step
+        summary["val_final"] = scalar_metrics(trainer.callback_metrics, "val/")
+        summary["resumed_from_step"] = plan.start_step if plan.resumed else None
+
+        ckpt_cb = trainer.checkpoint_callback
+        best = getattr(ckpt_cb, "best_model_path", "") if ckpt_cb is not None else ""
+        summary["best_checkpoint"] = best or None
+        best_score = getattr(ckpt_cb, "best_model_score", None) if ckpt_cb is not None else None
+
+        if cfg.get("test"):
+            trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False)
+            summary["test"] = scalar_metrics(trainer.callback_metrics, "test/")
+
+        if trainer.is_global_zero:
+            write_json(output_dir / "metrics.json", summary)
+            _end_attempt(output_dir, "finished", trainer.global_step)
+            log.info("train summary written to %s", output_dir / "metrics.json")
+        return float(best_score) if best_score is not None else None
+    finally:
+        plan.release()
+
+
+def _plan_resume(cfg: DictConfig) -> ResumePlan:
+    """Pick this run's directory and start checkpoint (see ``resume`` in conf/train.yaml).
+
+    When an earlier run is continued, ``paths.output_dir`` is pointed at it, so that
+    checkpoints, csv and W&B files go on where they were; this attempt's own Hydra
+    directory keeps its config and a note, and the log also goes to the resumed run's file.
+    """
+    from mematte import resilience
+
+    overrides = _task_overrides()  # None outside a Hydra app: nothing to match earlier runs by
+    job_name = HydraConfig.get().job.name if overrides is not None else "train"
+    fresh_dir = Path(cfg.paths.output_dir)
+    if overrides is None:
+        return resilience.plan_resume(fresh_dir, fresh_dir, [], "never", cfg.get("ckpt_path"))
+    plan = resilience.plan_resume(
+        fresh_dir,
+        Path(cfg.paths.log_dir) / str(cfg.task_name),
+        overrides,
+        cfg.get("resume", "auto"),
+        cfg.get("ckpt_path"),
+    )
+    if plan.resumed and plan.run_dir != fresh_dir.resolve():
+        with open_dict(cfg):
+            cfg.paths.output_dir = str(plan.run_dir)
+        if plan.lock is not None:  # the deciding process (DDP children only follow)
+            resilience.update_run_state(fresh_dir, status="resumed_elsewhere", resumed_run=str(plan.run_dir))
+            plan.log_handler = resilience.attach_log_file(plan.run_dir, job_name)
+    if plan.resumed:
+        log.warning(
+            "resuming the unfinished run %s from %s (global step %d); `resume=never` starts afresh",
+            plan.run_dir, plan.ckpt_path, plan.start_step,
+        )
+        resilience.clean_stale_temp_files(Path(plan.ckpt_path).parent)
+    return plan
+
+
+def _start_attempt(cfg: DictConfig, plan: ResumePlan) -> dict[str, Any]:
+    """Record this attempt in ``run_state.json`` and give W&B loggers the run's id."""
+    from mematte import resilience
+
     output_dir = Path(cfg.paths.output_dir)
+    state = resilience.read_run_state(output_dir) if plan.resumed else {}
+    wandb_keys = [
+        k for k, c in (cfg.get("logger") or {}).items()
+        if c is not None and str(c.get("_target_", "")).endswith("WandbLogger")
+    ]
+    if wandb_keys:
+        state.setdefault("wandb_id", resilience.new_wandb_id())
+        with open_dict(cfg):
+            for key in wandb_keys:
+                cfg.logger[key].id = state["wandb_id"]
+                if plan.resumed:  # continue the same W&B run (also offline: `wandb sync` merges)
+                    cfg.logger[key].resume = "allow"
+                    if state.get("wandb_name"):
+                        cfg.logger[key].name = state["wandb_name"]
+                state.setdefault("wandb_name", cfg.logger[key].get("name"))
+    if plan.lock is not None:
+        attempts = list(state.get("attempts", []))
+        hydra_dir = _hydra_output_dir() or str(output_dir)
+        attempts.append(resilience.attempt_record(plan.start_step, hydra_dir))
+        # a new run replaces whatever an earlier run left in a reused directory
+        state = resilience.update_run_state(
+            output_dir, replace=not plan.resumed,
+            **{**state, "status": "running", "attempts": attempts, "overrides": _task_overrides()},
+        )
+    return state
 
-    datamodule = instantiate(cfg.data, _convert_="partial")
-    module = build_module(cfg)
-    loggers = instantiate_list(cfg.get("logger"))
-    callbacks = instantiate_list(cfg.get("callbacks"))
-    if not loggers:  # nothing to report learning rates to
-        callbacks = [c for c in callbacks if not isinstance(c, L.pytorch.callbacks.LearningRateMonitor)]
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
-    summary: dict[str, Any] = {"config": OmegaConf.to_container(cfg, resolve=True)}
-    if cfg.get("validate_before_training") and not trainer.fast_dev_run:
-        trainer.validate(module, datamodule=datamodule, verbose=False)
-        summary["val_untrained"] = scalar_metrics(trainer.callback_metrics, "val/")
-        log.info("untrained validation: %s", summary["val_untrained"])
+def _task_overrides() -> list[str] | None:
+    """This run's command-line overrides (what resume discovery matches on), if under Hydra."""
+    try:
+        return list(HydraConfig.get().overrides.task)
+    except ValueError:
+        return None
 
-    start = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
-    summary["train_seconds"] = time.perf_counter() - start
-    summary["global_step"] = trainer.global_step
-    summary["val_final"] = scalar_metrics(trainer.callback_metrics, "val/")
 
-    ckpt_cb = trainer.checkpoint_callback
-    best = getattr(ckpt_cb, "best_model_path", "") if ckpt_cb is not None else ""
-    summary["best_checkpoint"] = best or None
-    best_score = getattr(ckpt_cb, "best_model_score", None) if ckpt_cb is not None else None
+def _hydra_output_dir() -> str | None:
+    try:
+        return HydraConfig.get().runtime.output_dir
+    except ValueError:
+        return None
 
-    if cfg.get("test"):
-        trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False)
-        summary["test"] = scalar_metrics(trainer.callback_metrics, "test/")
 
+def _end_attempt(output_dir: Path, status: str, step: int, **extra: Any) -> None:
+    """Close this attempt's entry in ``run_state.json`` and set the run status."""
+    from mematte import resilience
+
+    state = resilience.read_run_state(output_dir)
+    attempts = list(state.get("attempts", [])) or [{}]
+    attempts[-1] = {**attempts[-1], "ended": time.strftime("%Y-%m-%dT%H:%M:%S"), "status": status,
+                    "step": step, **extra}
+    resilience.update_run_state(output_dir, status=status, attempts=attempts)
+
+
+def _continue_logs(loggers: list[Any], plan: ResumePlan) -> None:
+    """Keep the interrupted attempt's CSV rows up to the checkpoint's step."""
+    from lightning.pytorch.loggers import CSVLogger
+
+    from mematte import resilience
+
+    for logger in loggers:
+        if isinstance(logger, CSVLogger):
+            kept = resilience.restore_csv_history(logger, before_step=plan.start_step)
+            log.info("kept %d csv rows of the interrupted attempt (steps < %d)", kept, plan.start_step)
+
+
+def _stopped_by_signal(cfg: DictConfig, trainer: L.Trainer, callbacks: list[Any]) -> None:
+    """Training left ``fit`` on a stop signal: record it, log it, exit with the set code."""
+    from mematte import resilience
+
+    stopper = next((c for c in callbacks if isinstance(c, resilience.Preemption)), None)
+    message = (
+        stopper.describe(trainer.global_step) if stopper is not None
+        else f"training stopped by SIGTERM at global step {trainer.global_step}; rerun the same command to resume"
+    )
     if trainer.is_global_zero:
-        write_json(output_dir / "metrics.json", summary)
-        log.info("train summary written to %s", output_dir / "metrics.json")
-    return float(best_score) if best_score is not None else None
+        _end_attempt(Path(cfg.paths.output_dir), "preempted", trainer.global_step,
+                     checkpoint=getattr(stopper, "saved_checkpoint", None))
+    log.warning(message)
+    raise SystemExit(stopper.exit_code if stopper is not None else 0)
 
 
 # --------------------------------------------------------------------------- eval

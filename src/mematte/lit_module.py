@@ -2,6 +2,11 @@
 
 For MEMatte it also carries the routing objective (keep-ratio loss and schedule), the frozen
 distillation teacher, and per-block kept-ratio logging in training, validation and test.
+
+Numeric faults: a step whose loss or gradients are not finite is skipped (no parameter,
+optimiser-state or BatchNorm-statistics change), counted (``train/nonfinite_steps``) and
+logged; ``max_nonfinite_steps`` such steps in a row stop the run with
+:class:`NonFiniteTrainingError`.
 """
 
 from __future__ import annotations
@@ -25,9 +30,34 @@ from mematte.metrics import KeepRatio, MattingMetrics
 from mematte.models.matting_net import MattingNet, MattingOutput, clamp_to_trimap
 from mematte.models.vit import RoutingInfo
 from mematte.optim import param_groups
+from mematte.resilience import collect_rng_state, restore_rng_state
 
 Batch = Mapping[str, Any]
 log = logging.getLogger("mematte")
+
+
+class NonFiniteTrainingError(RuntimeError):
+    """Too many consecutive training steps with a NaN/inf loss or gradients."""
+
+
+class _StepGuard:
+    """What one optimiser step needs to be undone when it turns out non-finite.
+
+    Opened by the first ``training_step`` of an optimiser step (several with gradient
+    accumulation) and closed in ``on_before_optimizer_step``.
+    """
+
+    def __init__(self, buffers: list[Tensor]) -> None:
+        # BatchNorm running statistics change in the forward pass; a NaN batch poisons them.
+        self.buffers = [b.detach().clone() for b in buffers]
+        self.loss_finite: Tensor | None = None
+        self.names: list[str] = []
+
+    def add(self, loss: Tensor, names: Any) -> None:
+        finite = torch.isfinite(loss.detach()).all()
+        self.loss_finite = finite if self.loss_finite is None else self.loss_finite & finite
+        if isinstance(names, (list, tuple)):
+            self.names.extend(str(n) for n in names)
 
 
 def environment_versions() -> dict[str, str]:
@@ -62,6 +92,8 @@ class MattingModule(LightningModule):
         teacher: frozen net whose last backbone features the student matches (MSE); it is
             kept out of checkpoints (re-attached from ``teacher.ckpt`` when resuming).
         distill_weight: weight of the distillation term (1 in the paper).
+        max_nonfinite_steps: stop after this many consecutive optimiser steps with a
+            non-finite loss or gradients (each is skipped); None or 0: never stop.
     """
 
     def __init__(
@@ -78,6 +110,7 @@ class MattingModule(LightningModule):
         routing: KeepRatioLoss | None = None,
         teacher: nn.Module | None = None,
         distill_weight: float = 1.0,
+        max_nonfinite_steps: int | None = 5,
     ) -> None:
         super().__init__()
         # Only plain values go to hparams so checkpoints load with torch.load(weights_only=True).
@@ -99,6 +132,22 @@ class MattingModule(LightningModule):
         # Kept ratios at inference (argmax decisions), token-weighted over the split.
         self.val_keep = self._keep_ratio_meters()
         self.test_keep = self._keep_ratio_meters()
+        # numeric-fault bookkeeping (see on_before_optimizer_step)
+        self.max_nonfinite_steps = max_nonfinite_steps
+        self.nonfinite_steps = 0  # total skipped steps of the run (kept in checkpoints)
+        self._nonfinite_streak: list[tuple[int, list[str]]] = []  # (global step, sample names)
+        self._guard: _StepGuard | None = None
+        self._rng_to_restore: dict[str, Any] | None = None
+
+    def _norm_buffers(self) -> list[Tensor]:
+        """BatchNorm running statistics (they change in the forward pass of training).
+
+        Looked up each time: device moves replace buffer tensors and DDP's SyncBatchNorm
+        conversion replaces the modules.
+        """
+        return [
+            buf for m in self.net.modules() if isinstance(m, nn.modules.batchnorm._NormBase) for buf in m.buffers()
+        ]
 
     def _keep_ratio_meters(self) -> nn.ModuleDict:
         names = ["mean"] + [f"block{i}" for i in self.routed_block_indexes]
@@ -145,6 +194,11 @@ class MattingModule(LightningModule):
         return losses
 
     def on_train_batch_start(self, batch: Batch, batch_idx: int) -> None:
+        # Resumed run: continue the random streams exactly where the checkpoint left them
+        # (after the data loader was set up, which may draw random numbers itself).
+        if self._rng_to_restore is not None:
+            restore_rng_state(self._rng_to_restore)
+            self._rng_to_restore = None
         # Fixed top-K routing follows the scheduled share (annealing included).
         if self.routing is not None and not self.routing.has_loss:
             blocks = self.net.backbone.routed_blocks
@@ -152,8 +206,11 @@ class MattingModule(LightningModule):
                 block.keep_ratio = ratio
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        if self._guard is None:
+            self._guard = _StepGuard(self._norm_buffers())
         out = self(batch["image"], batch["trimap"])
         losses = self.compute_losses(batch, out)
+        self._guard.add(losses["loss"], batch.get("name"))
         batch_size = batch["image"].shape[0]
         self.log("train/loss", losses["loss"], prog_bar=True, batch_size=batch_size)
         logged = {f"train/{k}": v for k, v in losses.items() if k != "loss"}
@@ -206,6 +263,57 @@ class MattingModule(LightningModule):
     def on_test_epoch_end(self) -> None:
         self._log_evaluation("test", self.test_metrics, self.test_keep)
 
+    # ------------------------------------------------------------------ numeric faults
+    def on_before_optimizer_step(self, optimizer: Optimizer) -> None:
+        """Skip the step if the loss or the (unscaled) gradients are not finite.
+
+        Runs after backward (and AMP unscaling), before gradient clipping and the update.
+        Skipping = dropping all gradients (torch optimisers leave parameters without a
+        gradient untouched, state included) and restoring BatchNorm statistics. Under fp16
+        mixed precision the grad scaler already skips overflowing steps (a normal part of
+        finding the scale), so there only a non-finite loss counts. The decision is shared
+        by all ranks. The step still counts towards ``global_step`` and the LR schedule.
+        """
+        guard, self._guard = self._guard, None
+        if guard is None or guard.loss_finite is None:
+            return
+        finite = guard.loss_finite
+        grads = [p.grad for p in self.parameters() if p.grad is not None]
+        if grads:
+            grad_norm = torch.nn.utils.get_total_norm(grads)
+            self.log("train/grad_norm", grad_norm)
+            if getattr(self.trainer.precision_plugin, "scaler", None) is None:
+                finite = finite & torch.isfinite(grad_norm)
+        bad = self.trainer.strategy.reduce_boolean_decision(not bool(finite), all=False)
+        if bad:
+            optimizer.zero_grad(set_to_none=True)
+            for buf, saved in zip(self._norm_buffers(), guard.buffers):
+                buf.copy_(saved)
+            self.nonfinite_steps += 1
+            self._nonfinite_streak.append((self.global_step, guard.names))
+        else:
+            self._nonfinite_streak = []
+        self.log("train/nonfinite_steps", float(self.nonfinite_steps))
+        if bad:
+            self._report_nonfinite()
+
+    def _report_nonfinite(self) -> None:
+        step, names = self._nonfinite_streak[-1]
+        count, limit = len(self._nonfinite_streak), self.max_nonfinite_steps
+        log.warning(
+            "non-finite loss or gradients at global step %d (samples %s): optimiser step skipped "
+            "(%d in a row%s)", step, names, count, f", stopping at {limit}" if limit else "",
+        )
+        if limit and count >= limit:
+            first = self._nonfinite_streak[0][0]
+            raise NonFiniteTrainingError(
+                f"training stopped: the loss or its gradients were NaN/inf for {count} consecutive steps "
+                f"(global steps {first}-{step}); the last bad batch held samples {names}. Check those "
+                "samples (NaN/inf pixels?), lower module.lr, set trainer.gradient_clip_val, or allow "
+                f"more with module.max_nonfinite_steps (now {limit}). checkpoints/last.ckpt holds the "
+                "last periodic checkpoint."
+            )
+
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self) -> dict[str, Any]:
         if self.optimizer_factory is None or self.loss is None:
@@ -237,9 +345,15 @@ class MattingModule(LightningModule):
             "net_config": self.hparams.net_config,
             "seed": os.environ.get("PL_GLOBAL_SEED"),
             "versions": environment_versions(),
+            # for an exact continuation (resilience.collect_rng_state: weights_only-loadable)
+            "rng": collect_rng_state(),
+            "nonfinite_steps": self.nonfinite_steps,
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        extra = checkpoint.get("mematte") or {}
+        self._rng_to_restore = extra.get("rng")  # applied before the first resumed batch
+        self.nonfinite_steps = int(extra.get("nonfinite_steps", 0))
         # Resuming a distillation run: the stored state has no teacher; use the one given.
         if self.teacher is not None:
             state = checkpoint.setdefault("state_dict", {})

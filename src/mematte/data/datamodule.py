@@ -3,14 +3,127 @@
 Hydra instantiates the datasets (``data.train_set``, ``data.val_set``, ``data.test_set``) and
 passes them in; this module only builds the loaders. Samples are pure functions of their
 index (see :mod:`mematte.data.synthetic`), so no ``worker_init_fn`` / worker seeding is needed.
+
+The training order is resumable: :class:`ResumableSampler` shuffles as a pure function of
+``(seed, epoch)`` and :class:`ResumableDataLoader` reports, through Lightning's stateful
+dataloader protocol (``state_dict`` / ``load_state_dict``, stored in checkpoints under
+``loops.fit_loop.state_dict.combined_loader``), how far into the epoch training got. A run
+resumed from a mid-epoch checkpoint therefore sees exactly the batches the uninterrupted run
+would have seen.
 """
 
 from __future__ import annotations
 
-import lightning as L
-from torch.utils.data import DataLoader, Dataset
+import logging
+import os
+from collections.abc import Callable, Iterator
+from typing import Any
 
-__all__ = ["MattingDataModule"]
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+__all__ = ["MattingDataModule", "ResumableDataLoader", "ResumableSampler"]
+
+log = logging.getLogger("mematte")
+
+
+class ResumableSampler(DistributedSampler):
+    """Shuffled indices that are a pure function of ``(seed, epoch)``, resumable mid-epoch.
+
+    A :class:`~torch.utils.data.DistributedSampler` (one shard per rank; with one replica it
+    is a plain shuffle), so Lightning leaves it in place under DDP instead of wrapping it.
+    :meth:`resume` makes the next pass over ``epoch`` start ``start`` indices in (once).
+
+    Args:
+        dataset: the sized dataset.
+        seed: shuffle seed; the order of epoch ``e`` uses ``seed + e``.
+        num_replicas, rank: the data-parallel world size and this process's rank.
+        shuffle: False for the dataset order.
+        drop_last: drop the tail that does not divide evenly among the replicas.
+    """
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        seed: int = 0,
+        num_replicas: int = 1,
+        rank: int = 0,
+        shuffle: bool = True,
+        drop_last: bool = True,
+    ) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed, drop_last=drop_last)
+        self.start = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        if epoch != self.epoch:  # a resume position belongs to the epoch it was saved in
+            self.start = 0
+        super().set_epoch(epoch)
+
+    def resume(self, epoch: int, start: int) -> None:
+        """Make the next pass over ``epoch`` skip its first ``start`` indices (of this rank)."""
+        self.set_epoch(epoch)
+        self.start = max(0, min(int(start), self.num_samples))
+
+    def __iter__(self) -> Iterator[int]:
+        indices = list(super().__iter__())
+        start, self.start = self.start, 0
+        return iter(indices[start:])
+
+
+class ResumableDataLoader(DataLoader):
+    """A DataLoader whose position within an epoch is saved in and restored from checkpoints.
+
+    Lightning calls :meth:`state_dict` when it saves a checkpoint and :meth:`load_state_dict`
+    before iterating when it resumes. The position is the number of batches of the current
+    epoch that *training has processed* (``progress``), not the number the loader has
+    produced (workers and Lightning's fetcher read ahead).
+
+    Attributes:
+        progress: returns the number of batches of the current epoch processed so far; set by
+            :class:`MattingDataModule` from the trainer. Without it the epoch restarts.
+    """
+
+    progress: Callable[[], int] | None = None
+
+    def _resumable_sampler(self) -> ResumableSampler:
+        if not isinstance(self.sampler, ResumableSampler):
+            raise TypeError(
+                f"ResumableDataLoader needs a ResumableSampler, got {type(self.sampler).__name__} "
+                "(was the loader rebuilt with another sampler?)"
+            )
+        return self.sampler
+
+    def state_dict(self) -> dict[str, Any]:
+        sampler = self._resumable_sampler()
+        batches = int(self.progress()) if self.progress is not None else 0
+        return {
+            "epoch": sampler.epoch,
+            "batches": batches,
+            "samples": batches * int(self.batch_size or 1),
+            "seed": sampler.seed,
+            "num_samples": len(self.dataset),
+            "num_replicas": sampler.num_replicas,
+            "batch_size": self.batch_size,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        sampler = self._resumable_sampler()
+        epoch, samples = int(state["epoch"]), int(state["samples"])
+        changed = [
+            f"{key} {state[key]} → {now}"
+            for key, now in (("seed", sampler.seed), ("num_samples", len(self.dataset)),
+                             ("num_replicas", sampler.num_replicas), ("batch_size", self.batch_size))
+            if key in state and state[key] != now
+        ]
+        if changed:
+            log.warning(
+                "resuming with different data settings (%s): the batch order cannot continue exactly "
+                "where the checkpoint left off", ", ".join(changed),
+            )
+        if int(state["batches"]) >= len(self):  # saved at the end of an epoch: the next one starts
+            epoch, samples = epoch + 1, 0
+        sampler.resume(epoch, samples)
 
 
 class MattingDataModule(L.LightningDataModule):
@@ -30,6 +143,8 @@ class MattingDataModule(L.LightningDataModule):
         persistent_workers: keep workers alive between epochs (only used if num_workers > 0).
         eval_batch_size: val / test / predict batch size; 1 by default because full-resolution
             images of different sizes cannot be stacked.
+        shuffle_seed: seed of the training order (epoch ``e`` uses ``shuffle_seed + e``);
+            None: the run's seed (``seed``, via ``PL_GLOBAL_SEED``), else 0.
     """
 
     def __init__(
@@ -42,6 +157,7 @@ class MattingDataModule(L.LightningDataModule):
         pin_memory: bool = False,
         persistent_workers: bool = False,
         eval_batch_size: int = 1,
+        shuffle_seed: int | None = None,
     ) -> None:
         super().__init__()
         # Datasets are objects, not hyperparameters: log only the loader settings.
@@ -54,6 +170,7 @@ class MattingDataModule(L.LightningDataModule):
         self.pin_memory = pin_memory
         self.persistent_workers = persistent_workers
         self.eval_batch_size = eval_batch_size
+        self.shuffle_seed = shuffle_seed
 
     def _dataset(self, split: str) -> Dataset:
         dataset = getattr(self, f"{split}_set")
@@ -75,9 +192,47 @@ class MattingDataModule(L.LightningDataModule):
             persistent_workers=self.persistent_workers and self.num_workers > 0,
         )
 
+    def _seed(self) -> int:
+        if self.shuffle_seed is not None:
+            return int(self.shuffle_seed)
+        return int(os.environ.get("PL_GLOBAL_SEED", 0))
+
+    def _batches_done(self) -> int:
+        """Batches of the current epoch that training has processed (Lightning's progress)."""
+        trainer = self.trainer
+        if trainer is None:
+            return 0
+        return int(trainer.fit_loop.epoch_loop.batch_progress.current.processed)
+
     def train_dataloader(self) -> DataLoader:
-        """Shuffled loader of ``batch_size`` crops; the incomplete last batch is dropped."""
-        return self._loader(self._dataset("train"), self.batch_size, train=True)
+        """Shuffled loader of ``batch_size`` crops; the incomplete last batch is dropped.
+
+        The order is a pure function of the seed and the epoch, sharded by rank under DDP,
+        and resumable mid-epoch (:class:`ResumableDataLoader`).
+        """
+        dataset = self._dataset("train")
+        trainer = self.trainer
+        seed = self._seed()
+        sampler = ResumableSampler(
+            dataset,
+            seed=seed,
+            num_replicas=trainer.world_size if trainer is not None else 1,
+            rank=trainer.global_rank if trainer is not None else 0,
+        )
+        # Worker seeds come from the loader's generator: drawn from its own generator, not the
+        # global torch RNG, so creating an iterator never shifts the training randomness.
+        loader = ResumableDataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            sampler=sampler,
+            drop_last=True,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.persistent_workers and self.num_workers > 0,
+            generator=torch.Generator().manual_seed(seed),
+        )
+        loader.progress = self._batches_done
+        return loader
 
     def val_dataloader(self) -> DataLoader:
         """Ordered loader of ``eval_batch_size`` (1) full-resolution validation samples."""
