@@ -124,3 +124,19 @@ def test_ddp_two_cpu_processes(tmp_path):
     summary = json.loads((run_dir / "metrics.json").read_text())
     assert summary["global_step"] == 3
     assert set(summary["test"]) == {"sad", "mse", "grad", "conn"}
+
+
+def test_each_training_job_closes_its_wandb_run(tmp_path, monkeypatch):
+    """A multirun trains jobs in one process: job 2 must not log into job 1's W&B run."""
+    import wandb
+    from lightning.pytorch.loggers import WandbLogger
+
+    from mematte.cli import _finish_wandb
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    logger = WandbLogger(project="mematte-test", save_dir=str(tmp_path))
+    run_id = logger.experiment.id
+    assert wandb.run is not None and wandb.run.id == run_id
+    _finish_wandb([logger])
+    assert wandb.run is None
+    _finish_wandb([])  # no W&B logger: nothing to do

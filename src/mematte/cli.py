@@ -10,7 +10,6 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -114,6 +113,7 @@ def train(cfg: DictConfig) -> float | None:
 
     apply_extras(cfg)
     plan = _plan_resume(cfg)
+    loggers: list[Any] = []
     try:
         L.seed_everything(cfg.seed, workers=True)
         output_dir = Path(cfg.paths.output_dir)
@@ -128,6 +128,7 @@ def train(cfg: DictConfig) -> float | None:
         trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
         if plan.resumed and trainer.is_global_zero:
             _continue_logs(loggers, plan)
+        _log_run_config(loggers, cfg)
 
         summary: dict[str, Any] = {"config": OmegaConf.to_container(cfg, resolve=True)}
         if run_state.get("val_untrained") is not None:
@@ -169,7 +170,35 @@ def train(cfg: DictConfig) -> float | None:
             log.info("train summary written to %s", output_dir / "metrics.json")
         return float(best_score) if best_score is not None else None
     finally:
+        _finish_wandb(loggers)
         plan.release()
+
+
+def _log_run_config(loggers: list[Any], cfg: DictConfig) -> None:
+    """Give every logger the resolved config, the command-line overrides and the sweep name,
+    so runs read back from W&B (``mematte.report``) know what they varied."""
+    if not loggers:
+        return
+    params: dict[str, Any] = {"config": OmegaConf.to_container(cfg, resolve=True)}
+    try:
+        params["overrides"] = list(HydraConfig.get().overrides.task)
+    except ValueError:  # not inside a Hydra app
+        params["overrides"] = []
+    params["sweep_name"] = cfg.get("sweep_name")
+    for logger in loggers:
+        logger.log_hyperparams(params)
+
+
+def _finish_wandb(loggers: list[Any]) -> None:
+    """Close this job's W&B run: in a multirun the next job would otherwise log into it."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    if not any(isinstance(logger, WandbLogger) for logger in loggers):
+        return
+    import wandb
+
+    if wandb.run is not None:
+        wandb.finish()
 
 
 def _plan_resume(cfg: DictConfig) -> ResumePlan:
