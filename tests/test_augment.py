@@ -242,3 +242,28 @@ def test_hsv_jitter_changes_weighted_samples_only() -> None:
     assert not torch.allclose(out[0], rgb[0])
     assert torch.equal(out[1], rgb[1])
     assert 0 <= out.min() and out.max() <= 1
+
+
+def test_synthetic_data_goes_through_the_same_augmentation(make_cfg):
+    """data=synthetic_augment: raw synthetic layers → MattingAugment → training crops."""
+    from types import SimpleNamespace
+
+    from hydra.utils import instantiate
+
+    cfg = make_cfg("train", ["data=synthetic_augment", "data.num_workers=0"])
+    dm = instantiate(cfg.data, _convert_="partial")
+    raw = dm.train_set[0]
+    side = max(cfg.data.train_set.image_size, cfg.data.train_set.crop_size)
+    assert set(raw) == {"fg", "alpha", "bg", "name"} and raw["fg"].shape == (3, side, side)
+    dm.trainer = SimpleNamespace(training=True, global_rank=0, world_size=1, fit_loop=None)
+    dm.setup("fit")
+    batch = dm.on_after_batch_transfer(next(iter(dm.train_dataloader())), 0)
+    crop = cfg.data.train_set.crop_size
+    assert batch["image"].shape == (cfg.data.batch_size, 3, crop, crop)
+    assert batch["trimap"].shape == batch["alpha"].shape == (cfg.data.batch_size, 1, crop, crop)
+    assert set(batch["trimap"].unique().tolist()) <= {0.0, 0.5, 1.0}
+    # without the augmentation the raw set is refused, naming the fix
+    from hydra.errors import InstantiationException
+
+    with pytest.raises(InstantiationException, match="data.augment"):
+        instantiate(cfg.data, augment=None, _convert_="partial")

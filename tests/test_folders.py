@@ -21,9 +21,9 @@ from hydra.utils import instantiate
 from PIL import Image
 
 from mematte.data.__main__ import main as data_main
+from mematte.data.datamodule import MattingDataModule
 from mematte.data.folders import (
     DatasetLayoutError,
-    FolderDataModule,
     FolderEvalSet,
     FolderTrainSet,
     compose_test_set,
@@ -131,10 +131,10 @@ LAYOUTS: dict[str, Callable[[Path], None]] = {
 
 
 @pytest.fixture
-def data_module(make_cfg) -> Callable[..., FolderDataModule]:
+def data_module(make_cfg) -> Callable[..., MattingDataModule]:
     """``data_module("composition1k", root)``: the config composed and instantiated as train.py does."""
 
-    def build(name: str, root: Path, extra: list[str] | None = None) -> FolderDataModule:
+    def build(name: str, root: Path, extra: list[str] | None = None) -> MattingDataModule:
         overrides = [f"data={name}", f"data.root={root}", *LOADERS, *(extra or [])]
         cfg = make_cfg("train", overrides, tiny=False)
         if cfg.data.train_set is not None:
@@ -144,7 +144,7 @@ def data_module(make_cfg) -> Callable[..., FolderDataModule]:
     return build
 
 
-def train_batch(dm: FolderDataModule) -> dict:
+def train_batch(dm: MattingDataModule) -> dict:
     """One training batch as the trainer sees it: collated, 'transferred', augmented."""
     dm.trainer = SimpleNamespace(training=True, global_rank=0, world_size=1, fit_loop=None)
     dm.setup("fit")
@@ -255,7 +255,7 @@ def test_datamodule_requires_an_augment_for_raw_layers(tmp_path: Path) -> None:
     layouts = [{"fg": "train/fg", "alpha": "train/alpha"}]
     train_set = FolderTrainSet(tmp_path, layouts, bg="train/bg", image_size=40, crop_size=32)
     with pytest.raises(ValueError, match="data.augment"):
-        FolderDataModule(str(tmp_path), train_set=train_set, augment=None)
+        MattingDataModule(train_set=train_set, augment=None, root=str(tmp_path))
 
 
 def test_augment_runs_only_while_training(data_module, tmp_path: Path) -> None:

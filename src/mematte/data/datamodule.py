@@ -21,6 +21,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 __all__ = ["MattingDataModule", "ResumableDataLoader", "ResumableSampler"]
@@ -145,6 +146,13 @@ class MattingDataModule(L.LightningDataModule):
             images of different sizes cannot be stacked.
         shuffle_seed: seed of the training order (epoch ``e`` uses ``shuffle_seed + e``);
             None: the run's seed (``seed``, via ``PL_GLOBAL_SEED``), else 0.
+        augment: batch augmentation run on the training device (``on_after_batch_transfer``,
+            training batches only), e.g. :class:`mematte.data.augment.MattingAugment`; required
+            when the train set returns raw fg/alpha/bg layers (``needs_augment``).
+        eval_region: metric region of this benchmark: "unknown" (trimap == 128) or "all"
+            (Distinctions-646 scores the whole image, METHOD §4).
+        root: dataset root of on-disk data (the sets interpolate ``${data.root}``), or None.
+        hint: how to obtain the dataset (shown by ``python -m mematte.data check``).
     """
 
     def __init__(
@@ -158,10 +166,26 @@ class MattingDataModule(L.LightningDataModule):
         persistent_workers: bool = False,
         eval_batch_size: int = 1,
         shuffle_seed: int | None = None,
+        augment: nn.Module | None = None,
+        eval_region: str = "unknown",
+        root: str | None = None,
+        hint: str = "",
     ) -> None:
         super().__init__()
-        # Datasets are objects, not hyperparameters: log only the loader settings.
-        self.save_hyperparameters(ignore=["train_set", "val_set", "test_set"])
+        # Datasets and the augmentation are objects, not hyperparameters: log only settings.
+        self.save_hyperparameters(ignore=["train_set", "val_set", "test_set", "augment"])
+        if eval_region not in ("unknown", "all"):
+            raise ValueError(f"eval_region must be 'unknown' or 'all', got {eval_region!r}")
+        if getattr(train_set, "needs_augment", False) and augment is None:
+            raise ValueError(
+                f"data.train_set ({type(train_set).__name__}) returns raw fg/alpha/bg layers but data.augment "
+                "is null: set data.augment (e.g. _target_: mematte.data.augment.MattingAugment)"
+            )
+        self.augment = augment
+        self.eval_region = eval_region
+        self.root = root
+        self.hint = hint
+        self._augment_seed = int(getattr(augment, "seed", 0))
         self.train_set = train_set
         self.val_set = val_set
         self.test_set = test_set
@@ -171,6 +195,17 @@ class MattingDataModule(L.LightningDataModule):
         self.persistent_workers = persistent_workers
         self.eval_batch_size = eval_batch_size
         self.shuffle_seed = shuffle_seed
+
+    def setup(self, stage: str) -> None:
+        # one augmentation stream per rank: the same seed everywhere would correlate the ranks
+        if self.augment is not None and self.trainer is not None and hasattr(self.augment, "reseed"):
+            self.augment.reseed(self._augment_seed + self.trainer.global_rank)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Training batches go through ``augment`` on the training device."""
+        if self.augment is not None and self.trainer is not None and self.trainer.training:
+            return self.augment(batch)
+        return batch
 
     def _dataset(self, split: str) -> Dataset:
         dataset = getattr(self, f"{split}_set")

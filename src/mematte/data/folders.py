@@ -20,8 +20,8 @@ exhaustively (missing partners, unmatched files, duplicate names, unreadable or 
 files, size mismatches; image headers only, nothing is decoded) and raises one
 :class:`DatasetLayoutError` listing every problem by file name.
 
-:class:`FolderDataModule` is :class:`~mematte.data.datamodule.MattingDataModule` plus the
-dataset's ``root``, its ``eval_region`` and the batch ``augment`` it applies after the batch
+The data configs wrap these sets in :class:`~mematte.data.datamodule.MattingDataModule` with
+the dataset's ``root``, its ``eval_region`` and the batch ``augment`` it applies once a batch
 reached the training device. :func:`compose_test_set` reproduces DIM's test-set composition.
 """
 
@@ -30,7 +30,6 @@ from __future__ import annotations
 import math
 import os
 import shutil
-import warnings
 import zlib
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -41,11 +40,9 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
-from torch import nn
 from torch.utils.data import Dataset
 
 from mematte.data.composition import quantize_trimap, trimap_from_alpha, trimap_to_uint8
-from mematte.data.datamodule import MattingDataModule
 from mematte.image_io import IMAGE_EXTENSIONS, ImageReadError, list_images, read_gray, read_image, write_png
 
 __all__ = [
@@ -55,7 +52,6 @@ __all__ = [
     "deterministic_trimap",
     "FolderTrainSet",
     "FolderEvalSet",
-    "FolderDataModule",
     "dim_composite",
     "compose_test_set",
 ]
@@ -275,7 +271,7 @@ class FolderTrainSet(Dataset):
     trimap kernels), "name" str (source stem).
     """
 
-    # Samples are raw layers: the batch must go through MattingAugment (FolderDataModule
+    # Samples are raw layers: the batch must go through MattingAugment (MattingDataModule
     # refuses to build without one).
     needs_augment = True
 
@@ -607,72 +603,6 @@ class FolderEvalSet(Dataset):
 
 
 # ------------------------------------------------------------------------------ data module
-class FolderDataModule(MattingDataModule):
-    """:class:`MattingDataModule` for a dataset on disk, with GPU batch augmentation.
-
-    Training batches (only while the trainer is training) go through ``augment`` once they
-    are on the training device (``on_after_batch_transfer``), so raw layers become crops there.
-
-    Args:
-        root: dataset root; the data config's sets interpolate it (``${data.root}``), so one
-            override moves every split.
-        train_set, val_set, test_set: instantiated datasets (or None).
-        augment: batch augmentation (e.g. :class:`mematte.data.augment.MattingAugment`);
-            required when the train set returns raw layers.
-        eval_region: metric region of this benchmark: "unknown" (trimap == 128) or "all"
-            (Distinctions-646 scores the whole image, METHOD §4).
-        hint: how to obtain the dataset (documentation for ``check``).
-        batch_size, num_workers, pin_memory, persistent_workers, eval_batch_size: see
-            :class:`MattingDataModule`.
-    """
-
-    def __init__(
-        self,
-        root: str,
-        train_set: Dataset | None = None,
-        val_set: Dataset | None = None,
-        test_set: Dataset | None = None,
-        augment: nn.Module | None = None,
-        eval_region: str = "unknown",
-        hint: str = "",
-        batch_size: int = 8,
-        num_workers: int = 0,
-        pin_memory: bool = False,
-        persistent_workers: bool = False,
-        eval_batch_size: int = 1,
-    ) -> None:
-        with warnings.catch_warnings():
-            # the parent's save_hyperparameters sees this frame's `augment` module and warns;
-            # it is re-saved below without it (a module is not a hyperparameter to log)
-            warnings.filterwarnings("ignore", message=".*is an instance of `nn.Module`")
-            super().__init__(
-                train_set, val_set, test_set, batch_size, num_workers, pin_memory, persistent_workers, eval_batch_size
-            )
-        self.save_hyperparameters(ignore=["train_set", "val_set", "test_set", "augment"])
-        if eval_region not in ("unknown", "all"):
-            raise ValueError(f"eval_region must be 'unknown' or 'all', got {eval_region!r}")
-        if getattr(train_set, "needs_augment", False) and augment is None:
-            raise ValueError(
-                f"data.train_set ({type(train_set).__name__}) returns raw fg/alpha/bg layers but data.augment "
-                "is null: set data.augment (e.g. _target_: mematte.data.augment.MattingAugment)"
-            )
-        self.root = root
-        self.augment = augment
-        self.eval_region = eval_region
-        self.hint = hint
-        self._augment_seed = int(getattr(augment, "seed", 0))
-
-    def setup(self, stage: str) -> None:
-        # one augmentation stream per rank: the same seed everywhere would correlate the ranks
-        if self.augment is not None and self.trainer is not None and hasattr(self.augment, "reseed"):
-            self.augment.reseed(self._augment_seed + self.trainer.global_rank)
-
-    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        if self.augment is not None and self.trainer is not None and self.trainer.training:
-            return self.augment(batch)
-        return batch
-
-
 # ------------------------------------------------------------------------------ DIM test set
 def dim_composite(fg: np.ndarray, bg: np.ndarray, alpha: np.ndarray) -> np.ndarray:
     """DIM's ``composite4``: ``int(a·fg + (1 − a)·bg)`` per channel with ``a = alpha / 255``.

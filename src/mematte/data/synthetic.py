@@ -1161,10 +1161,15 @@ class SyntheticMattingTrainSet(Dataset):
         image_size: side of the generated canvas.
         crop_size: side of the returned crop (512 as in ViTMatte; e.g. 128 on CPU).
         merge_prob: probability of merging a second foreground.
+        raw_layers: return the raw (fg, alpha, bg) canvas instead, and leave merge, affine,
+            trimap, crop, jitter and composite to the batch augmentation
+            (:class:`mematte.data.augment.MattingAugment`, ``data=synthetic_augment``): the
+            pipeline real foregrounds go through.
 
     Returns (``__getitem__``): dict with "image", "fg", "bg" (3, crop, crop) float32 in [0, 1],
     "alpha" (1, crop, crop) float32 in [0, 1], "trimap" (1, crop, crop) float32 in {0, 0.5, 1},
-    "name" str ("synthetic_train_00042").
+    "name" str ("synthetic_train_00042"). With ``raw_layers``: "fg", "bg" (3, S, S),
+    "alpha" (1, S, S) and "name", S = ``image_size``.
     """
 
     split = "train"
@@ -1176,6 +1181,7 @@ class SyntheticMattingTrainSet(Dataset):
         image_size: int = 320,
         crop_size: int = 512,
         merge_prob: float = 0.5,
+        raw_layers: bool = False,
     ) -> None:
         if num_samples < 1 or image_size < 1 or crop_size < 1:
             raise ValueError("num_samples, image_size and crop_size must be >= 1")
@@ -1183,7 +1189,13 @@ class SyntheticMattingTrainSet(Dataset):
         self.image_size = int(image_size)
         self.crop_size = int(crop_size)
         self.merge_prob = float(merge_prob)
+        self.raw_layers = bool(raw_layers)
         self.source = SyntheticMattingSource(seed, max(self.image_size, self.crop_size))
+
+    @property
+    def needs_augment(self) -> bool:
+        """Raw layers must go through the batch augmentation (the data module checks)."""
+        return self.raw_layers
 
     def __len__(self) -> int:
         return self.num_samples
@@ -1192,6 +1204,10 @@ class SyntheticMattingTrainSet(Dataset):
         if not 0 <= index < self.num_samples:
             raise IndexError(f"index {index} out of range for {self.num_samples} samples")
         fg, alpha, bg = self.source.sample_chw(self.split, index)
+        name = f"synthetic_{self.split}_{index:05d}"
+        if self.raw_layers:
+            return {"fg": _to_tensor(_hwc_view(fg)), "alpha": _to_tensor(alpha),
+                    "bg": _to_tensor(_hwc_view(bg)), "name": name}
         fg, bg = _hwc_view(fg), _hwc_view(bg)
         rng = self.source.rng(self.split, index, _STREAM_AUGMENT)
         if rng.uniform() < self.merge_prob:
@@ -1208,7 +1224,7 @@ class SyntheticMattingTrainSet(Dataset):
             "trimap": _to_tensor(crop["trimap"]),
             "fg": _to_tensor(crop["fg"]),
             "bg": _to_tensor(crop["bg"]),
-            "name": f"synthetic_{self.split}_{index:05d}",
+            "name": name,
         }
 
 
