@@ -428,3 +428,11 @@ def test_compose_test_lists_missing_inputs(tmp_path: Path, capsys) -> None:
     assert "boy (listed in" in err and "--alpha" in err
     assert "need 6 backgrounds, got 4" in err
     assert not (tmp_path / "out" / "merged").exists()
+
+
+def test_train_and_eval_take_the_metric_region_from_the_data_config(make_cfg, tmp_path: Path) -> None:
+    root = tmp_path / "d646"
+    make_distinctions646(root)
+    assert make_cfg("train", ["data=distinctions646", f"data.root={root}"], tiny=False).module.eval_region == "all"
+    assert make_cfg("eval", ["data=distinctions646", f"data.root={root}", "ckpt_path=x"]).eval_region == "all"
+    assert make_cfg("train", []).module.eval_region == "unknown"
