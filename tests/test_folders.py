@@ -22,6 +22,7 @@ from PIL import Image
 
 from mematte.data.__main__ import main as data_main
 from mematte.data.datamodule import MattingDataModule
+from mematte.image_io import read_size
 from mematte.data.folders import (
     DatasetLayoutError,
     FolderEvalSet,
@@ -29,7 +30,6 @@ from mematte.data.folders import (
     compose_test_set,
     deterministic_trimap,
     dim_composite,
-    image_size,
 )
 
 SRC_DIR = Path(__file__).resolve().parents[1] / "src"
@@ -247,7 +247,7 @@ def test_image_size_reads_headers_with_exif_rotation(tmp_path: Path) -> None:
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90°: a viewer shows W×H swapped
     Image.fromarray(rgb(0)).save(path, exif=exif)
-    assert image_size(path) == (WIDTH, HEIGHT)
+    assert read_size(path) == (WIDTH, HEIGHT)
 
 
 def test_datamodule_requires_an_augment_for_raw_layers(tmp_path: Path) -> None:

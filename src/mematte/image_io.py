@@ -31,6 +31,7 @@ __all__ = [
     "list_images",
     "read_gray",
     "read_image",
+    "read_size",
     "to_uint8",
     "write_png",
 ]
@@ -81,13 +82,42 @@ def _owned(array: np.ndarray) -> np.ndarray:
     return np.array(array, order="C")
 
 
-def _open_decoded(path: str | Path) -> Image.Image:
-    """Open, fully decode and EXIF-orient an image, or raise :class:`ImageReadError`."""
+_EXIF_ORIENTATION = 0x0112
+_TRANSPOSED_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that swap width and height
+
+
+def _existing_file(path: str | Path) -> Path:
+    """``path`` as a Path, or :class:`ImageReadError` when it is missing or empty."""
     path = Path(path)
     if not path.is_file():
         raise ImageReadError(f"{path}: file not found")
     if path.stat().st_size == 0:
         raise ImageReadError(f"{path}: empty file (0 bytes); re-export or re-copy it")
+    return path
+
+
+def read_size(path: str | Path) -> tuple[int, int]:
+    """(H, W) of an image as :func:`read_image` returns it, from the header only.
+
+    Nothing is decoded (fast checks of whole dataset roots); EXIF orientations that rotate by
+    90° swap the sides, as ``read_image`` does.
+
+    Raises:
+        ImageReadError: missing, empty (0 bytes) or unidentifiable file.
+    """
+    path = _existing_file(path)
+    try:
+        with Image.open(path) as img:
+            width, height = img.size
+            orientation = img.getexif().get(_EXIF_ORIENTATION, 1)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise ImageReadError(f"{path}: not an image PIL can read ({err})") from None
+    return (width, height) if orientation in _TRANSPOSED_ORIENTATIONS else (height, width)
+
+
+def _open_decoded(path: str | Path) -> Image.Image:
+    """Open, fully decode and EXIF-orient an image, or raise :class:`ImageReadError`."""
+    path = _existing_file(path)
     try:
         # the context closes the file also for multi-frame formats (TIFF, animated WebP),
         # which keep it open after load(); the transposed copy outlives it

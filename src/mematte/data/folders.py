@@ -43,12 +43,19 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from mematte.data.composition import quantize_trimap, trimap_from_alpha, trimap_to_uint8
-from mematte.image_io import IMAGE_EXTENSIONS, ImageReadError, list_images, read_gray, read_image, write_png
+from mematte.image_io import (
+    IMAGE_EXTENSIONS,
+    ImageReadError,
+    list_images,
+    read_gray,
+    read_image,
+    read_size,
+    write_png,
+)
 
 __all__ = [
     "DatasetLayoutError",
     "format_problems",
-    "image_size",
     "deterministic_trimap",
     "FolderTrainSet",
     "FolderEvalSet",
@@ -63,8 +70,6 @@ MAX_LISTED = 50
 # nearest / linear / cubic / Lanczos for every resize of the training pipeline).
 _RESAMPLES = (Image.Resampling.NEAREST, Image.Resampling.BILINEAR, Image.Resampling.BICUBIC, Image.Resampling.LANCZOS)
 
-_EXIF_ORIENTATION = 0x0112
-_TRANSPOSED_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that swap width and height
 
 
 # ------------------------------------------------------------------------------ problems
@@ -86,27 +91,6 @@ class DatasetLayoutError(ValueError):
         super().__init__(format_problems(what, self.problems))
 
 
-def image_size(path: str | Path) -> tuple[int, int]:
-    """(H, W) of an image as :func:`mematte.image_io.read_image` returns it, from the header.
-
-    Only the header is parsed (no decoding); EXIF orientations that rotate by 90° swap the
-    sides, as ``read_image`` does.
-
-    Raises:
-        ImageReadError: missing, empty (0 bytes) or unidentifiable file.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise ImageReadError(f"{path}: file not found")
-    if path.stat().st_size == 0:
-        raise ImageReadError(f"{path}: empty file (0 bytes); re-copy it")
-    try:
-        with Image.open(path) as img:
-            width, height = img.size
-            orientation = img.getexif().get(_EXIF_ORIENTATION, 1)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-        raise ImageReadError(f"{path}: not an image PIL can read ({err})") from None
-    return (width, height) if orientation in _TRANSPOSED_ORIENTATIONS else (height, width)
 
 
 def deterministic_trimap(alpha: np.ndarray, name: str, seed: int = 0) -> np.ndarray:
@@ -200,7 +184,7 @@ class _Root:
 
     def size(self, path: Path, problems: list[str]) -> tuple[int, int] | None:
         try:
-            return image_size(path)
+            return read_size(path)
         except ImageReadError as err:
             problems.append(str(err).replace(str(path), self.rel(path), 1))
             return None

@@ -1,0 +1,330 @@
+"""Paper recipes (conf/experiment/), ablation sweeps (conf/sweep/), the 8-GPU trainer and the
+SLURM launcher: they compose to METHOD §3's numbers, and a sweep really runs as a multirun."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import OmegaConf
+
+from conftest import CONF_DIR, ROOT, TINY_TRAIN
+from mematte.optim import warmup_multistep_factor
+
+SWEEPS = sorted(p.stem for p in (CONF_DIR / "sweep").glob("*.yaml") if not p.stem.startswith("_"))
+# the swept option of each ablation and its values (METHOD §2's ablation axes)
+SWEPT = {
+    "ablation_router": ("router", ["local_global", "local", "small", "tiny", "se", "random", "none"]),
+    "ablation_ltrm": ("ltrm", ["conv", "conv_no_eca", "eca_no_dwconv", "conv_no_shortcut", "mlp", "zero"]),
+    "ablation_keep_ratio": ("routing.target", ["0.1", "0.25", "0.5", "0.75"]),
+    "ablation_objective": ("routing", ["batr", "per_image", "per_layer", "fixed"]),
+    "ablation_distill": ("module.distill_weight", ["1.0", "0.0"]),
+    "ablation_no_ltrm": ("ltrm", ["conv", "zero"]),
+}
+
+
+def sweep_key() -> str:
+    """``sweep=`` once conf/train.yaml lists the group in its defaults, ``+sweep=`` before."""
+    defaults = yaml.safe_load((CONF_DIR / "train.yaml").read_text())["defaults"]
+    listed = any(isinstance(d, dict) and "sweep" in d for d in defaults)
+    return "sweep" if listed else "+sweep"
+
+
+def sweep_jobs(params: dict) -> list[dict[str, str]]:
+    """Expand ``hydra.sweeper.params`` as Hydra's basic sweeper does (cartesian product)."""
+    parser = OverridesParser.create()
+    jobs: list[dict[str, str]] = [{}]
+    for key, value in params.items():
+        (override,) = parser.parse_overrides([f"{key}={value}"])
+        values = list(override.sweep_string_iterator()) if override.is_sweep_override() else [str(value)]
+        jobs = [{**job, key: v} for job in jobs for v in values]
+    return jobs
+
+
+# ------------------------------------------------------------------------------ sweeps compose
+def test_every_ablation_has_a_sweep():
+    assert SWEEPS == sorted(SWEPT), "conf/sweep/ and this test's table of ablations differ"
+
+
+@pytest.mark.parametrize("name", SWEEPS)
+def test_sweep_sets_its_params_name_and_dir(make_cfg, name):
+    cfg = make_cfg("train", [f"{sweep_key()}={name}"])
+    key, values = SWEPT[name]
+    params = OmegaConf.to_container(cfg.hydra.sweeper.params)
+    assert list(params) == [key]
+    assert [job[key] for job in sweep_jobs(params)] == values
+    # the base of every ablation is MEMatte (the sweep switches the tiny ViTMatte default)
+    assert cfg.router is not None or name == "ablation_router"
+    assert cfg.sweep_name == name and name in cfg.tags
+    # W&B groups a sweep's runs (the node stays inert when the wandb logger is not selected)
+    assert cfg.logger.wandb.group == name
+    # the report reads <log_dir>/<task>/multiruns/<sweep>_<date>_<time>/<job>/ (where
+    # `resume: auto` also looks: multiruns/*/*)
+    sweep_dir = Path(cfg.hydra.sweep.dir)
+    assert sweep_dir.parent == Path(cfg.paths.log_dir) / "train" / "multiruns"
+    assert re.fullmatch(rf"{name}_\d{{4}}-\d\d-\d\d_\d\d-\d\d-\d\d", sweep_dir.name)
+    assert cfg.hydra.sweep.subdir == "0"  # ${hydra.job.num}
+
+
+def test_sweeps_total_25_jobs(make_cfg):
+    counts = {}
+    for name in SWEEPS:
+        cfg = make_cfg("train", [f"{sweep_key()}={name}"])
+        counts[name] = len(sweep_jobs(OmegaConf.to_container(cfg.hydra.sweeper.params)))
+    assert counts == {
+        "ablation_router": 7, "ablation_ltrm": 6, "ablation_keep_ratio": 4,
+        "ablation_objective": 4, "ablation_distill": 2, "ablation_no_ltrm": 2,
+    }
+
+
+@pytest.mark.parametrize("name", SWEEPS)
+def test_swept_options_exist(name):
+    """Group values name files of that group (a typo would only fail mid-sweep)."""
+    key, values = SWEPT[name]
+    group = CONF_DIR / key
+    if group.is_dir():
+        assert all((group / f"{v}.yaml").is_file() for v in values), sorted(p.stem for p in group.glob("*.yaml"))
+    else:
+        assert all(float(v) >= 0 for v in values)
+
+
+@pytest.mark.parametrize("name", SWEEPS)
+def test_each_job_composes_and_labels_itself(make_cfg, name):
+    key, values = SWEPT[name]
+    for value in values:
+        cfg = make_cfg("train", [f"{sweep_key()}={name}", f"{key}={value}"])
+        assert str(cfg.sweep_value).endswith(value)
+        assert cfg.logger.wandb.name == f"{name}-{cfg.sweep_value}"
+    # the last job's net builds (e.g. router=none → ViTMatte, ltrm=zero → no refiner)
+    from hydra.utils import instantiate
+
+    net = instantiate(cfg.model)
+    assert net.is_routed == (cfg.router is not None)
+
+
+@pytest.mark.parametrize("experiment", ["tiny_cpu", "mematte_s_c1k"])
+def test_sweeps_combine_with_experiments(make_cfg, experiment):
+    tiny = experiment == "tiny_cpu"
+    cfg = make_cfg("train", [f"experiment={experiment}", f"{sweep_key()}=ablation_keep_ratio"], tiny=tiny)
+    assert OmegaConf.to_container(cfg.hydra.sweeper.params) == {"routing.target": "0.1,0.25,0.5,0.75"}
+    assert cfg.router._target_.endswith("LocalGlobalRouter")
+    if tiny:
+        assert cfg.backbone.embed_dim == 192 and cfg.trainer.accelerator == "cpu"
+    else:  # the recipe's values survive the sweep (which only adds the MEMatte preset)
+        assert cfg.backbone.embed_dim == 384 and cfg.trainer.max_steps == 40406
+        assert cfg.teacher.ckpt == cfg.init_from
+
+
+# ------------------------------------------------------------------------------ paper recipes
+# METHOD §3 (and the public configs named in each recipe): what each recipe must say.
+RECIPES = {
+    #                  embed router  data             global batch  max_steps  milestone steps  init file
+    "vitmatte_s_c1k": (384, False, "composition1k", 32, 134687, (40406, 121218), "dino_deitsmall16_pretrain.pth"),
+    "vitmatte_b_c1k": (768, False, "composition1k", 20, 215500, (64650, 193950), "mae_pretrain_vit_base.pth"),
+    "mematte_s_c1k": (384, True, "composition1k", 32, 40406, (8081, 35018), "ViTMatte_S_Com.pth"),
+    "mematte_b_c1k": (768, True, "composition1k", 40, 64650, (32325, 56030), "ViTMatte_B_Com.pth"),
+    "mematte_s_uhr395": (384, True, "uhr395", 32, 40406, (8081, 35018), "ViTMatte_S_Com.pth"),
+    "mematte_s_aim500": (384, True, "composition1k", 32, 40406, (8081, 35018), "ViTMatte_S_Com.pth"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(RECIPES))
+def test_paper_recipe(make_cfg, name):
+    embed, routed, data, global_batch, steps, milestones, init = RECIPES[name]
+    cfg = make_cfg("train", [f"experiment={name}"], tiny=False)
+    assert cfg.backbone.embed_dim == embed
+    assert list(cfg.decoder.fusion_out) == [256, 128, 64, 32]  # the paper's decoder widths
+    assert cfg.hydra.runtime.choices.data == data
+    assert (cfg.router is not None) == routed
+    # data.batch_size is per GPU (Lightning's batch is per process)
+    assert cfg.data.batch_size * cfg.trainer.devices * cfg.trainer.num_nodes == global_batch
+    assert cfg.trainer.strategy == "ddp" and cfg.trainer.sync_batchnorm
+    assert cfg.trainer.precision == "16-mixed"  # METHOD §3: fp16 autocast
+    assert cfg.trainer.max_steps == steps
+    m = cfg.module
+    assert (m.lr, m.weight_decay, m.layer_decay) == (5e-4, 0.1, 0.65)
+    assert m.scheduler.warmup_steps == 250 and m.scheduler.warmup_factor == 0.001
+    assert list(m.scheduler["values"]) == [1.0, 0.1, 0.05]
+    # the fractional milestones land on the public configs' iterations
+    factor = lambda step: warmup_multistep_factor(step, steps, 250, 0.001, m.scheduler.milestones, m.scheduler["values"])  # noqa: E731
+    first, second = milestones
+    assert [factor(first - 1), factor(first), factor(second - 1), factor(second)] == [1.0, 0.1, 0.1, 0.05]
+    assert Path(cfg.init_from) == ROOT / "pretrained" / init
+    if routed:  # METHOD §2: distilled from the ViTMatte it starts from, weight 1, BATR 0.25
+        assert cfg.teacher.ckpt == cfg.init_from and m.distill_weight == 1.0
+        assert cfg.routing.mode == "batch" and cfg.routing.target == 0.25
+        assert cfg.router._target_.endswith("LocalGlobalRouter")
+        assert cfg.ltrm._target_.endswith("ConvTokenRefiner")
+    else:
+        assert cfg.teacher.ckpt is None
+
+
+@pytest.mark.parametrize("name", ["mematte_s_c1k", "vitmatte_s_c1k"])
+def test_recipe_without_weights_names_the_missing_file(make_cfg, name):
+    from mematte.cli import build_module
+
+    # the tiny backbone keeps this cheap; the init path is the recipe's
+    cfg = make_cfg("train", [f"experiment={name}", "backbone=vit_tiny"], tiny=False)
+    with pytest.raises(FileNotFoundError, match=f"checkpoint not found: .*pretrained/{RECIPES[name][-1]}"):
+        build_module(cfg)
+
+
+def test_aim500_recipe_trains_on_c1k_and_tests_on_aim500(make_cfg, tmp_path):
+    from hydra.utils import instantiate
+    from omegaconf.errors import MissingMandatoryValue
+
+    from test_folders import LOADERS, TINY, make_aim500, make_composition1k
+
+    c1k, aim = tmp_path / "c1k", tmp_path / "aim"
+    make_composition1k(c1k)
+    make_aim500(aim)
+    base = ["experiment=mematte_s_aim500", f"data.root={c1k}", *LOADERS, *TINY]
+    dm = instantiate(make_cfg("train", [*base, f"aim500_root={aim}"], tiny=False).data, _convert_="partial")
+    # validation (model selection) on C1K's test images, the final test on AIM-500's
+    assert dm.val_set.root.path == c1k and len(dm.val_set) == 3
+    assert dm.test_set.root.path == aim and len(dm.test_set) == 2
+    assert dm.test_set.layout == {"image": "original", "alpha": "mask", "trimap": "trimap"}
+    # without aim500_root (or data.test_set.root) the run stops before training
+    with pytest.raises(MissingMandatoryValue, match="data.test_set.root"):
+        instantiate(make_cfg("train", base, tiny=False).data, _convert_="partial")
+
+
+# ------------------------------------------------------------------------------ trainer, launcher
+def test_ddp_8gpu_trainer(make_cfg):
+    cfg = make_cfg("train", ["trainer=ddp_8gpu"], tiny=False)
+    t = cfg.trainer
+    assert (t.strategy, t.devices, t.num_nodes, t.precision, t.sync_batchnorm) == ("ddp", 8, 1, "16-mixed", True)
+    assert t.accelerator == "gpu" and t.use_distributed_sampler
+
+
+def test_slurm_launcher_composes(make_cfg):
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    cfg = make_cfg("train", ["hydra/launcher=slurm", "experiment=mematte_s_c1k",
+                             "hydra.launcher.partition=gpu"], tiny=False)
+    launcher = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
+    assert launcher["_target_"].endswith("submitit_launcher.SlurmLauncher")
+    # one task per GPU, as many as the trainer's DDP processes
+    assert launcher["gpus_per_node"] == launcher["tasks_per_node"] == cfg.trainer.devices == 8
+    assert launcher["nodes"] == 1 and launcher["partition"] == "gpu"
+    assert launcher["timeout_min"] > 0 and launcher["cpus_per_task"] >= 1 and launcher["mem_gb"] > 0
+    # SLURM warns with the signal the Preemption callback requeues on
+    preemption = cfg.callbacks.preemption
+    assert launcher["additional_parameters"]["signal"] == f"USR1@{launcher['signal_delay_s']}"
+    assert "SIGUSR1" in preemption.requeue_signals and launcher["additional_parameters"]["requeue"] is True
+    assert launcher["submitit_folder"].startswith(str(Path(cfg.hydra.sweep.dir)))
+
+
+def test_slurm_launcher_writes_the_sbatch_script(make_cfg, tmp_path, monkeypatch):
+    """The plugin's own launch() up to submission: the sbatch script it would send to SLURM."""
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    import submitit
+    from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher
+
+    fake_bin = tmp_path / "bin"  # submitit looks for srun before it builds a SLURM executor
+    fake_bin.mkdir()
+    (fake_bin / "srun").write_text("#!/bin/sh\nexit 0\n")
+    (fake_bin / "srun").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake_bin}{os.pathsep}{os.environ['PATH']}")
+
+    cfg = make_cfg("train", ["hydra/launcher=slurm", "experiment=mematte_s_c1k", "hydra.launcher.partition=gpu"],
+                   tiny=False)
+    params = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
+    launcher = SlurmLauncher(**{k: v for k, v in params.items() if k != "_target_"})
+    launcher.config = cfg
+
+    class Submitted(Exception):
+        pass
+
+    def capture(executor, *args, **kwargs):
+        raise Submitted(executor._executor._make_submission_file_text("python -m submitit.core._submit x", "uid"))
+
+    monkeypatch.setattr(submitit.AutoExecutor, "map_array", capture)
+    with pytest.raises(Submitted) as submitted:
+        launcher.launch([["routing.target=0.5"]], initial_job_idx=0)
+    script = str(submitted.value)
+    for line in ("--gpus-per-node=8", "--ntasks-per-node=8", "--nodes=1", "--cpus-per-task=10", "--mem=320GB",
+                 "--time=1440", "--partition=gpu", "--signal=USR1@120", "--requeue"):
+        assert f"#SBATCH {line}" in script, script
+
+
+def test_make_sweep_runs_every_sweep_from_one_teacher():
+    """`make sweep` (dry run): a ViTMatte teacher first, then each sweep of conf/sweep/ from it."""
+    import shutil
+
+    if shutil.which("make") is None:
+        pytest.skip("no make")
+    proc = subprocess.run(["make", "-n", "-o", ".venv/.installed", "-W", "conf/experiment/tiny_sweep.yaml", "sweep"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    text = proc.stdout
+    teacher = text.index("train.py experiment=tiny_sweep")
+    assert "-m experiment=tiny_sweep" not in text[:teacher]
+    for name in SWEEPS:
+        assert name in text.split("for s in", 1)[1].split(";", 1)[0], name
+    assert f"{sweep_key()}=$s init_from=$teacher teacher.ckpt=$teacher" in text
+
+
+# ------------------------------------------------------------------------------ real runs
+def run_train(args: list[str], cwd: Path, timeout: int = 900) -> subprocess.CompletedProcess:
+    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"train.py failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    return proc
+
+
+@pytest.mark.slow
+def test_multirun_sweep_runs_every_job(tmp_path):
+    """`python train.py -m +sweep=ablation_no_ltrm`: 2 jobs, each with its own metrics.json."""
+    sweep_dir = tmp_path / "sweep"
+    run_train(["-m", "experiment=tiny_cpu", f"{sweep_key()}=ablation_no_ltrm", *TINY_TRAIN,
+               f"hydra.sweep.dir={sweep_dir}"], cwd=tmp_path)
+    jobs = sorted(p for p in sweep_dir.iterdir() if p.is_dir())
+    assert [j.name for j in jobs] == ["0", "1"]
+    for job, ltrm in zip(jobs, ["conv", "zero"]):
+        summary = json.loads((job / "metrics.json").read_text())
+        assert summary["global_step"] == 2 and set(summary["test"]) >= {"sad", "mse", "grad", "conn"}
+        assert f"ltrm={ltrm}" in OmegaConf.load(job / ".hydra" / "overrides.yaml")
+        assert summary["config"]["sweep_name"] == "ablation_no_ltrm"
+        assert summary["config"]["sweep_value"] == ltrm
+    assert (sweep_dir / "multirun.yaml").is_file()
+
+
+@pytest.mark.slow
+def test_distill_sweep_distils_from_a_trained_vitmatte(tmp_path):
+    """The `make sweep` chain in small: a ViTMatte run, then the distillation sweep from it."""
+    teacher_dir = tmp_path / "teacher"
+    run_train(["experiment=tiny_cpu", *TINY_TRAIN, "test=false", f"hydra.run.dir={teacher_dir}"], cwd=tmp_path)
+    teacher = teacher_dir / "checkpoints" / "last.ckpt"
+    assert teacher.is_file()
+    sweep_dir = tmp_path / "sweep"
+    run_train(["-m", "experiment=tiny_cpu", f"{sweep_key()}=ablation_distill", *TINY_TRAIN,
+               f"init_from={teacher}", f"teacher.ckpt={teacher}", "test=false", "validate_before_training=false",
+               f"hydra.sweep.dir={sweep_dir}"], cwd=tmp_path)
+    for job, weight in (("0", 1.0), ("1", 0.0)):
+        summary = json.loads((sweep_dir / job / "metrics.json").read_text())
+        assert summary["config"]["module"]["distill_weight"] == weight
+        header = (sweep_dir / job / "csv" / "metrics.csv").read_text().splitlines()[0].split(",")
+        # the distillation term is computed (and logged) only with a positive weight
+        assert ("train/distill" in header) == (weight > 0), header
+
+
+@pytest.mark.slow
+def test_ddp_8gpu_on_two_cpu_processes(tmp_path):
+    """trainer=ddp_8gpu (DDP, per-process batch) with 2 gloo processes, on a routed MEMatte."""
+    run_dir = tmp_path / "ddp"
+    overrides = [o for o in TINY_TRAIN if o != "trainer=cpu"]
+    run_train([*overrides, "model=mematte", "trainer=ddp_8gpu", "trainer.accelerator=cpu", "trainer.devices=2",
+               "trainer.sync_batchnorm=false", "trainer.precision=32-true", f"hydra.run.dir={run_dir}"],
+              cwd=tmp_path)
+    summary = json.loads((run_dir / "metrics.json").read_text())
+    assert summary["global_step"] == 2
+    assert summary["config"]["trainer"]["strategy"] == "ddp"
+    assert set(summary["test"]) >= {"sad", "mse", "grad", "conn"}
