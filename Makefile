@@ -1,6 +1,6 @@
 # Every target bootstraps .venv when it is missing (plain pip; the torch builds pinned here
 # are the ones found on this project's machines — elsewhere install your own torch first
-# and run `pip install -e .[dev,interop,notebooks]`).
+# and run `pip install -e .[dev,interop,notebooks,hpc]`).
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -12,7 +12,7 @@ ARGS ?=
 .PHONY: setup train test test-fast test-all eval bench sweep report clean-logs help
 
 help:
-	@echo "make setup      create .venv and install mematte[dev,interop,notebooks]"
+	@echo "make setup      create .venv and install mematte[dev,interop,notebooks,hpc]"
 	@echo "make train      train the tiny ViTMatte on synthetic data (CPU, minutes); ARGS='key=value ...'"
 	@echo "make test       full test suite (slow tests included)"
 	@echo "make test-fast  pytest -m 'not slow' (< 5 min)"
@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet $(TORCH_PINS)
-	$(BIN)/python -m pip install --quiet -e ".[dev,interop,notebooks]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,interop,notebooks,hpc]"
 	@touch $(STAMP)
 
 setup: $(STAMP)
