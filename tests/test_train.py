@@ -98,6 +98,7 @@ def test_train_then_eval_entry_points(tmp_path):
     )
     result = json.loads((run_dir / "eval" / "synthetic_test.json").read_text())
     assert result["num_images"] == 3 and result["split"] == "test"
+    assert result["checkpoint_step"] == 4
     assert set(result["metrics"]) == {"sad", "mse", "grad", "conn"}
     assert all(v >= 0 for v in result["metrics"].values())
     assert json.loads((eval_dir / "metrics.json").read_text()) == result

@@ -39,6 +39,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from mematte.atomic import atomic_path, atomic_write_text
+
 log = logging.getLogger("mematte")
 
 GIB = 1024**3
@@ -531,8 +533,7 @@ def markdown_table(results: Sequence[PointResult], cfg: DictConfig, budget: int)
 def write_csv(results: Sequence[PointResult], path: Path) -> None:
     import csv
 
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", newline="") as f:
+    with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["model", "height", "width", "pixels", "status", "peak_bytes", "baseline_bytes",
                          "estimate_bytes", "latency_s", "latencies_s", "global_tokens", "tokens",
@@ -541,7 +542,6 @@ def write_csv(results: Sequence[PointResult], path: Path) -> None:
             writer.writerow([r.model, r.height, r.width, r.pixels, r.status, r.peak_bytes, r.baseline_bytes,
                              r.estimate_bytes, r.latency_s, " ".join(f"{t:.4f}" for t in r.latencies_s),
                              " ".join(map(str, r.global_tokens)), r.tokens, r.device, r.threads, r.reason])
-    os.replace(tmp, path)
 
 
 def plot(results: Sequence[PointResult], cfg: DictConfig, path: Path) -> None:
@@ -579,19 +579,16 @@ def plot(results: Sequence[PointResult], cfg: DictConfig, path: Path) -> None:
     if ax_mem.get_legend_handles_labels()[0]:
         ax_mem.legend(fontsize=8)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def write_reports(results: Sequence[PointResult], cfg: DictConfig, stem: Path, budget: int) -> None:
     """``<stem>.csv``, ``<stem>.md`` and ``<stem>.png`` (each written atomically)."""
     write_csv(results, stem.with_suffix(".csv"))
     text = f"# Benchmark `{stem.name}`\n\n" + _environment_line() + "\n\n" + markdown_table(results, cfg, budget)
-    tmp = stem.with_name(f".{stem.name}.md.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, stem.with_suffix(".md"))
+    atomic_write_text(stem.with_suffix(".md"), text)
     if results:
         plot(results, cfg, stem.with_suffix(".png"))
     log.info("wrote %s.{csv,md,png}", stem)

@@ -188,6 +188,7 @@ class NetWeights:
         net_config: the resolved model config the file stores or describes (mematte, hf);
             None when it must be inferred from shapes (:func:`infer_net_config`).
         dropped: keys of the file that were ignored on purpose (teacher, class token, head …).
+        step: the training step the file records (mematte checkpoints), else None.
     """
 
     state: dict[str, Tensor]
@@ -195,6 +196,7 @@ class NetWeights:
     source: Path
     net_config: dict[str, Any] | None = None
     dropped: list[str] = field(default_factory=list)
+    step: int | None = None
 
     @property
     def full(self) -> bool:
@@ -351,6 +353,7 @@ def read_mematte_weights(path: str | Path, *, _loaded: Any = None) -> NetWeights
         format="mematte",
         source=path,
         net_config=ckpt["mematte"].get("net_config"),
+        step=ckpt.get("global_step"),
     )
 
 
@@ -1015,10 +1018,16 @@ def net_from_any(path: str | Path, model_cfg: DictConfig | Mapping[str, Any] | N
     Mematte checkpoints rebuild from their stored config, HF folders from ``config.json``,
     official files from ``model_cfg`` or, without one, from their shapes.
     """
-    weights = read_weights(path)
+    return net_from_weights(read_weights(path), model_cfg)
+
+
+def net_from_weights(
+    weights: NetWeights, model_cfg: DictConfig | Mapping[str, Any] | None = None
+) -> nn.Module:
+    """Build the net :class:`NetWeights` describe and load them (see :func:`net_from_any`)."""
     if not weights.full:
         raise WeightsMismatchError(
-            f"{path} ({weights.description}) holds no decoder: it can only initialise a net "
+            f"{weights.source} ({weights.description}) holds no decoder: it can only initialise a net "
             "(init_from=PATH when training), not be evaluated"
         )
     net = build_net(resolve_net_config(weights, model_cfg))

@@ -15,7 +15,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from mematte.atomic import atomic_write_text
-from mematte.checkpoints import build_net, detect_format, init_net_from, load_checkpoint, net_from_any
+from mematte.checkpoints import build_net, init_net_from, net_from_weights, read_weights
 from mematte.inference import configure_routed_inference
 
 if TYPE_CHECKING:
@@ -339,10 +339,11 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     if cfg.split not in ("test", "val"):
         raise ValueError(f"split={cfg.split!r}: choose test or val")
     ckpt_path = Path(cfg.ckpt_path)
-    # ours, an official ViTMatte/MEMatte .pth or a Hugging Face folder (mematte.checkpoints)
-    net = net_from_any(ckpt_path)
-    ours = detect_format(ckpt_path) == "mematte"
-    step = load_checkpoint(ckpt_path).get("global_step") if ours else None
+    # ours, an official ViTMatte/MEMatte .pth or a Hugging Face folder (mematte.checkpoints);
+    # read once: the format and the step come with the weights
+    weights = read_weights(ckpt_path)
+    net = net_from_weights(weights)
+    ours = weights.format == "mematte"
     configure_routed_inference(net, **(cfg.get("routed_inference") or {}))
     module = MattingModule(net=net, eval_region=cfg.eval_region)
 
@@ -364,7 +365,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         "num_images": len(loader.dataset),
         "metrics": metrics,
         "seconds": seconds,
-        "checkpoint_step": step,
+        "checkpoint_step": weights.step,
     }
     # routing overrides change the model: keep their results apart from the plain ones
     overrides = {k: v for k, v in (cfg.get("routed_inference") or {}).items() if v is not None}

@@ -43,6 +43,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from mematte.data.composition import quantize_trimap, trimap_from_alpha, trimap_to_uint8
+from mematte.atomic import atomic_path
 from mematte.image_io import (
     IMAGE_EXTENSIONS,
     ImageReadError,
@@ -619,9 +620,8 @@ def _dim_background(path: Path, height: int, width: int) -> np.ndarray:
 def _copy_png(source: Path, target: Path, gray: bool) -> None:
     """Copy a PNG byte for byte (atomically) or re-encode any other format to PNG."""
     if source.suffix.lower() == ".png":
-        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-        shutil.copyfile(source, tmp)
-        os.replace(tmp, target)
+        with atomic_path(target) as tmp:
+            shutil.copyfile(source, tmp)
     else:
         write_png(target, read_gray(source) if gray else read_image(source))
 
