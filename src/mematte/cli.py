@@ -179,12 +179,11 @@ def _log_run_config(loggers: list[Any], cfg: DictConfig) -> None:
     so runs read back from W&B (``mematte.report``) know what they varied."""
     if not loggers:
         return
-    params: dict[str, Any] = {"config": OmegaConf.to_container(cfg, resolve=True)}
-    try:
-        params["overrides"] = list(HydraConfig.get().overrides.task)
-    except ValueError:  # not inside a Hydra app
-        params["overrides"] = []
-    params["sweep_name"] = cfg.get("sweep_name")
+    params: dict[str, Any] = {
+        "config": OmegaConf.to_container(cfg, resolve=True),
+        "overrides": _task_overrides() or [],
+        "sweep_name": cfg.get("sweep_name"),
+    }
     for logger in loggers:
         logger.log_hyperparams(params)
 

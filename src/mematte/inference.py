@@ -34,6 +34,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from mematte.data.composition import TRIMAP_HIGH_U8, TRIMAP_LOW_U8
 from mematte.models.decoder import DetailCapture
 from mematte.models.matting_net import MattingNet, clamp_to_trimap
 from mematte.models.routed_block import INFERENCE_RULES, RoutedBlock
@@ -391,7 +392,7 @@ def quantise_trimap(trimap: Tensor) -> Tensor:
     (thresholds 1/3 and 2/3). Returns float32 of the same shape."""
     if trimap.dtype == torch.uint8:
         t = trimap.float()
-        low, high = 85.0, 170.0
+        low, high = float(TRIMAP_LOW_U8), float(TRIMAP_HIGH_U8)
     elif trimap.is_floating_point():
         t = trimap.float()
         if t.numel() and (t.min() < 0 or t.max() > 1):

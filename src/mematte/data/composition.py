@@ -33,8 +33,10 @@ TRIMAP_UNKNOWN = 0.5
 TRIMAP_FOREGROUND = 1.0
 
 # Alpha values closer than this to 0 / 1 count as pure background / foreground (DIM, ViTMatte).
-# alpha within this of 0 / 1 counts as definite background / foreground (trimap erosion)
 ALPHA_EPS = 1e-5
+# 8-bit trimap thresholds (METHOD §1): below LOW background, from HIGH on foreground
+TRIMAP_LOW_U8 = 85
+TRIMAP_HIGH_U8 = 170
 
 
 def composite(fg: np.ndarray, bg: np.ndarray, alpha: np.ndarray) -> np.ndarray:
@@ -74,8 +76,8 @@ def quantize_trimap(trimap_u8: np.ndarray) -> np.ndarray:
     """
     values = np.asarray(trimap_u8)
     trimap = np.full(values.shape, TRIMAP_UNKNOWN, dtype=np.float32)
-    trimap[values < 85] = TRIMAP_BACKGROUND
-    trimap[values >= 170] = TRIMAP_FOREGROUND
+    trimap[values < TRIMAP_LOW_U8] = TRIMAP_BACKGROUND
+    trimap[values >= TRIMAP_HIGH_U8] = TRIMAP_FOREGROUND
     return trimap
 
 
