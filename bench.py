@@ -2,7 +2,7 @@
 import hydra
 from omegaconf import DictConfig
 
-from mematte.cli import apply_extras
+from mematte.cli import apply_extras, run_task
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="bench")
@@ -10,7 +10,7 @@ def main(cfg: DictConfig) -> None:
     from mematte.bench import run_benchmark
 
     apply_extras(cfg)
-    run_benchmark(cfg)
+    run_task(run_benchmark, cfg)
 
 
 if __name__ == "__main__":

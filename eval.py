@@ -1,13 +1,22 @@
-"""Evaluate a checkpoint: ``python eval.py ckpt_path=PATH [data=...] [split=test]``."""
+"""Evaluate a checkpoint: ``python eval.py ckpt_path=PATH [data=...] [split=test]``.
+
+Exits with code 1 when an option or file is wrong (one message, no traceback), or when
+dataset files could not be read: those are left out, listed at the end and under "skipped"
+in the metrics JSON, and the rest is still scored.
+"""
+import sys
+
 import hydra
 from omegaconf import DictConfig
 
-from mematte.cli import evaluate
+from mematte.cli import eval_main
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="eval")
 def main(cfg: DictConfig) -> None:
-    evaluate(cfg)
+    code = eval_main(cfg)
+    if code:
+        sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -185,6 +185,13 @@ def test_param_groups_layer_decay_and_no_decay():
     assert by_param[id(named["decoder.convstream.convs.0.bn.weight"])]["weight_decay"] == 0.0
     assert by_param[id(named["backbone.blocks.3.attn.qkv.weight"])]["weight_decay"] == 0.1
     assert sum(len(g["params"]) for g in groups) == len(named)
+    # names label the logged learning rates (lr-AdamW/<name>), one per group
+    assert by_param[id(named["backbone.blocks.11.mlp.fc1.weight"])]["name"] == "block11"
+    assert by_param[id(named["backbone.patch_embed.proj.weight"])]["name"] == "embed"
+    assert by_param[id(named["backbone.pos_embed"])]["name"] == "embed_no_decay"
+    assert by_param[id(named["decoder.fusion_blks.0.conv.conv.weight"])]["name"] == "head"
+    assert len({g["name"] for g in groups}) == len(groups)
+    assert {g["name"] for g in param_groups(net, lr=1.0, weight_decay=0.1)} == {"all", "all_no_decay"}
 
 
 def test_warmup_multistep_schedule():

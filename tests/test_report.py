@@ -72,7 +72,8 @@ def write_job(job_dir: Path, overrides: list[str], *, num: int, sad: float | Non
         "best_checkpoint": str(job_dir / "checkpoints" / "best-step000002.ckpt"),
     }
     if test:
-        summary["test"] = fake_metrics(sad, keep)
+        # with the test loop's own cost (mematte.callbacks.InferenceProfiler)
+        summary["test"] = {**fake_metrics(sad, keep), "latency_s": sad / 10, "peak_mib": sad * 10}
     (job_dir / "metrics.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
 
 
@@ -184,7 +185,9 @@ def test_router_table_values_and_bench_join(runs_root, out_dir):
     assert table.setting_keys == ["router"]
     labels = [label for _, label in table.columns]
     assert labels[:5] == ["router", "SAD", "MSE", "Grad", "Conn"]
-    assert "peak MiB @ 2048×2048" in labels and "kept b2" in labels and "kept b11" in labels
+    assert "kept b2" in labels and "kept b11" in labels
+    # each run's own test-time cost, then the benchmark's by architecture at a common resolution
+    assert labels[-7:-3] == ["peak MiB", "latency s", "bench peak MiB @ 2048×2048", "bench latency s @ 2048×2048"]
     rows = {r["setting:router"]: r for r in table.rows}
     assert set(rows) == {"none", "local_global", "local"}
     assert rows["none"]["sad"] == 4.0 and rows["local"]["mse"] == pytest.approx(50.0)
@@ -192,12 +195,14 @@ def test_router_table_values_and_bench_join(runs_root, out_dir):
     assert rows["local_global"]["keep_ratio"] == 0.25
     assert rows["local_global"]["keep_ratio/block5"] == pytest.approx(0.275)
     # joined by architecture: ViTMatte-S and MEMatte-S rows at the largest common resolution
-    assert rows["none"]["bench_model"] == "vitmatte_s" and rows["none"]["peak_mib"] == pytest.approx(400)
-    assert rows["local"]["bench_model"] == "mematte_s" and rows["local"]["latency_s"] == pytest.approx(2.0)
+    assert rows["none"]["bench_model"] == "vitmatte_s" and rows["none"]["bench_peak_mib"] == pytest.approx(400)
+    assert rows["local"]["bench_model"] == "mematte_s" and rows["local"]["bench_latency_s"] == pytest.approx(2.0)
+    assert rows["none"]["peak_mib"] == 40.0 and rows["local"]["latency_s"] == 0.5
     md = report.table_markdown(table)
     assert "| none (default) |" not in md  # explicit override, no "(default)"
     assert "| none | 4.000 | 40.00 | 6.000 | 4.400 | 1 (no routing) |" in md
-    assert "| 400 | 4.000 | test | ok |" in md
+    assert "| 40 | 0.4000 | 400 | 4.000 | test | ok |" in md
+    assert "each run's own test loop" in md
     assert "eval.py results" in md and "| local_global | synthetic_test | 4.250 |" in md
     assert "| 0.2500 | 0.5000 |" in md  # kept 0.25, 2.0 s / 4 images
 
@@ -222,7 +227,8 @@ def test_keep_ratio_table_lists_the_crashed_job(runs_root):
     assert crashed["sad"] is None and crashed["status"].startswith("failed at step 1")
     md = report.table_markdown(table)
     assert "| 0.5 | — | — | — | — |" in md and "1 of 3 runs did not finish" in md
-    assert "peak MiB | latency s |" in md  # no benchmark: the columns stay, with dashes
+    assert "| 60 | 0.6000 | test | ok |" in md  # the runs' own cost, no benchmark columns
+    assert "bench peak" not in md
 
 
 def test_val_fallback_and_folder_grouping(runs_root):
@@ -268,7 +274,7 @@ def test_write_report_tables_csv_plots_and_results(runs_root, out_dir):
     assert [r["router"] for r in rows] == ["none", "local_global", "local"]
     assert [float(r["sad"]) for r in rows] == [4.0, 4.5, 5.0]
     assert float(rows[1]["keep_ratio/block11"]) == pytest.approx(0.325)
-    assert rows[0]["bench_model"] == "vitmatte_s" and float(rows[0]["peak_mib"]) == 400.0
+    assert rows[0]["bench_model"] == "vitmatte_s" and float(rows[0]["bench_peak_mib"]) == 400.0
     crashed = report.read_table_csv(report_dir / "ablation_keep_ratio.csv")[2]
     assert crashed["sad"] == "" and crashed["status"].startswith("failed")
 

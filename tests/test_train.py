@@ -45,7 +45,7 @@ def test_fast_dev_run_each_backbone(make_cfg, backbone):
     train(cfg)
     summary = json.loads((Path(cfg.paths.output_dir) / "metrics.json").read_text())
     assert summary["global_step"] == 1
-    assert set(summary["test"]) == {"sad", "mse", "grad", "conn"}
+    assert set(summary["test"]) == {"sad", "mse", "grad", "conn", "latency_s", "peak_mib"}
 
 
 def test_same_seed_same_first_step_loss(make_cfg, tmp_path):
@@ -99,7 +99,7 @@ def test_train_then_eval_entry_points(tmp_path):
     result = json.loads((run_dir / "eval" / "synthetic_test.json").read_text())
     assert result["num_images"] == 3 and result["split"] == "test"
     assert result["checkpoint_step"] == 4
-    assert set(result["metrics"]) == {"sad", "mse", "grad", "conn"}
+    assert set(result["metrics"]) == {"sad", "mse", "grad", "conn", "latency_s", "peak_mib"}
     assert all(v >= 0 for v in result["metrics"].values())
     assert json.loads((eval_dir / "metrics.json").read_text()) == result
 
@@ -124,7 +124,7 @@ def test_ddp_two_cpu_processes(tmp_path):
     )
     summary = json.loads((run_dir / "metrics.json").read_text())
     assert summary["global_step"] == 3
-    assert set(summary["test"]) == {"sad", "mse", "grad", "conn"}
+    assert set(summary["test"]) == {"sad", "mse", "grad", "conn", "latency_s", "peak_mib"}
 
 
 def test_each_training_job_closes_its_wandb_run(tmp_path, monkeypatch):

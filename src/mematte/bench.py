@@ -40,6 +40,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from mematte.atomic import atomic_path, atomic_write_text
+from mematte.profiling import PeakMemory, read_status_bytes
 
 log = logging.getLogger("mematte")
 
@@ -110,36 +111,6 @@ class PointResult:
 
 
 # --------------------------------------------------------------------------- worker
-def _read_status_kib(field_name: str) -> int | None:
-    """A ``/proc/self/status`` field in bytes (Linux), e.g. ``VmRSS`` or ``VmHWM``."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field_name + ":"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
-
-
-def _reset_peak_rss() -> bool:
-    """Reset the kernel's resident high-water mark (Linux ≥ 4.0); False if unsupported."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        return False
-    return _read_status_kib("VmHWM") is not None
-
-
-def _peak_rss_bytes(reset_ok: bool) -> int:
-    """Peak resident memory of this process since the last reset (or since start)."""
-    if reset_ok:
-        hwm = _read_status_kib("VmHWM")
-        if hwm is not None:
-            return hwm
-    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
-
-
 def run_point(spec: PointSpec) -> PointResult:
     """Measure one point in this process (call it in a fresh one: see :func:`measure`)."""
     import torch
@@ -176,23 +147,15 @@ def run_point(spec: PointSpec) -> PointResult:
         return seconds
 
     # --- memory: the first prediction, from a settled baseline
-    if cuda:
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        result.baseline_bytes = torch.cuda.memory_allocated()
-    else:
-        import gc
-
-        gc.collect()
-        result.baseline_bytes = _read_status_kib("VmRSS") or _peak_rss_bytes(False)
-        if spec.memory_limit_bytes is not None:
-            vm = _read_status_kib("VmSize")
-            if vm is not None:
-                # 1 GiB of slack for thread stacks and allocator arenas, which are address
-                # space but hardly resident
-                limit = vm + spec.memory_limit_bytes + GIB
-                resource.setrlimit(resource.RLIMIT_AS, (limit, resource.getrlimit(resource.RLIMIT_AS)[1]))
-    reset_ok = (not cuda) and _reset_peak_rss()
+    meter = PeakMemory(predictor.device)
+    result.baseline_bytes = meter.start()
+    if not cuda and spec.memory_limit_bytes is not None:
+        vm = read_status_bytes("VmSize")
+        if vm is not None:
+            # 1 GiB of slack for thread stacks and allocator arenas, which are address
+            # space but hardly resident
+            limit = vm + spec.memory_limit_bytes + GIB
+            resource.setrlimit(resource.RLIMIT_AS, (limit, resource.getrlimit(resource.RLIMIT_AS)[1]))
     try:
         first = predict()
     except (RuntimeError, MemoryError) as err:  # the address-space guard or a real CUDA OOM
@@ -201,10 +164,7 @@ def run_point(spec: PointSpec) -> PointResult:
             result.status, result.reason = "oom", text[:300]
             return result
         raise
-    if cuda:
-        result.peak_bytes = torch.cuda.max_memory_allocated() - result.baseline_bytes
-    else:
-        result.peak_bytes = _peak_rss_bytes(reset_ok) - result.baseline_bytes
+    result.peak_bytes = meter.peak_bytes()
 
     # --- latency: the first run counts as warm-up when warmup ≥ 1, except for slow points
     # (≥ max_seconds / 4), where one-off start-up costs are negligible against the run

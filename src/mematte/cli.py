@@ -114,10 +114,13 @@ def train(cfg: DictConfig) -> float | None:
     apply_extras(cfg)
     plan = _plan_resume(cfg)
     loggers: list[Any] = []
+    output_dir = Path(cfg.paths.output_dir)
+    attempt_open = False  # run_state.json has an attempt this call must close
+    trainer: L.Trainer | None = None
     try:
         L.seed_everything(cfg.seed, workers=True)
-        output_dir = Path(cfg.paths.output_dir)
         run_state = _start_attempt(cfg, plan)
+        attempt_open = True
 
         datamodule = instantiate(cfg.data, _convert_="partial")
         module = build_module(cfg)
@@ -125,7 +128,7 @@ def train(cfg: DictConfig) -> float | None:
         callbacks = instantiate_list(cfg.get("callbacks"))
         if not loggers:  # nothing to report learning rates to
             callbacks = [c for c in callbacks if not isinstance(c, L.pytorch.callbacks.LearningRateMonitor)]
-        trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+        trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
         if plan.resumed and trainer.is_global_zero:
             _continue_logs(loggers, plan)
         _log_run_config(loggers, cfg)
@@ -144,12 +147,8 @@ def train(cfg: DictConfig) -> float | None:
         try:
             trainer.fit(module, datamodule=datamodule, ckpt_path=plan.ckpt_path)
         except SIGTERMException:
+            attempt_open = False  # closed as "preempted" by:
             _stopped_by_signal(cfg, trainer, callbacks)  # raises SystemExit
-        except BaseException as err:
-            if trainer.is_global_zero:
-                status = "interrupted" if isinstance(err, (KeyboardInterrupt, SystemExit)) else "failed"
-                _end_attempt(output_dir, status, trainer.global_step, error=f"{type(err).__name__}: {err}")
-            raise
         summary["train_seconds"] = time.perf_counter() - start
         summary["global_step"] = trainer.global_step
         summary["val_final"] = scalar_metrics(trainer.callback_metrics, "val/")
@@ -168,7 +167,15 @@ def train(cfg: DictConfig) -> float | None:
             write_json(output_dir / "metrics.json", summary)
             _end_attempt(output_dir, "finished", trainer.global_step)
             log.info("train summary written to %s", output_dir / "metrics.json")
+        attempt_open = False
         return float(best_score) if best_score is not None else None
+    except BaseException as err:
+        # a config error, a crash or Ctrl-C: say so in run_state.json (and the report)
+        if attempt_open and (trainer is None or trainer.is_global_zero):
+            status = "interrupted" if isinstance(err, (KeyboardInterrupt, SystemExit)) else "failed"
+            _end_attempt(output_dir, status, trainer.global_step if trainer is not None else plan.start_step,
+                         error=f"{type(err).__name__}: {err}")
+        raise
     finally:
         _finish_wandb(loggers)
         plan.release()
@@ -327,8 +334,14 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     """Score a checkpoint on a split at full resolution; writes a metrics JSON.
 
     The JSON goes to this run's output dir and next to the checkpoint's run
-    (``<run>/eval/<data>_<split>.json``).
+    (``<run>/eval/<data>_<split>.json``). Returns the metrics (SAD, MSE, Grad, Conn, kept
+    ratios for MEMatte, forward-pass ``latency_s`` and ``peak_mib`` per image).
     """
+    return _evaluate(cfg)["metrics"]
+
+
+def _evaluate(cfg: DictConfig) -> dict[str, Any]:
+    """:func:`evaluate`, returning the whole JSON payload (with ``skipped``)."""
     import lightning as L
 
     from mematte.lit_module import MattingModule
@@ -346,14 +359,27 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     configure_routed_inference(net, **(cfg.get("routed_inference") or {}))
     module = MattingModule(net=net, eval_region=cfg.eval_region)
 
-    datamodule = instantiate(cfg.data, _convert_="partial")
+    # only the scored split is built: evaluating needs neither the training data (nor its
+    # batch augmentation) nor the other split
+    data_cfg = cfg.data.copy()
+    with open_dict(data_cfg):
+        for key in ("augment", "train_set", "val_set", "test_set"):
+            if key != f"{cfg.split}_set" and key in data_cfg:
+                data_cfg[key] = None
+    datamodule = instantiate(data_cfg, _convert_="partial")
     loader = datamodule.test_dataloader() if cfg.split == "test" else datamodule.val_dataloader()
     loggers = instantiate_list(cfg.get("logger"))
-    trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=[])
+    callbacks = instantiate_list(cfg.get("callbacks"))
+    trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
     start = time.perf_counter()
     trainer.test(module, dataloaders=loader, verbose=True)
     seconds = time.perf_counter() - start
     metrics = scalar_metrics(trainer.callback_metrics, "test/")
+    # files the dataset left out when it was built, then those that failed to decode
+    skipped = list(getattr(loader.dataset, "skipped", [])) + module.skipped_samples
+    scored = len(loader.dataset) - len(module.skipped_samples)
+    if scored <= 0:
+        raise ValueError(format_skipped(f"none of the {cfg.split} images could be read", skipped))
 
     data_name = choice("data") or "data"
     payload = {
@@ -361,10 +387,11 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         "data": data_name,
         "split": cfg.split,
         "region": cfg.eval_region,
-        "num_images": len(loader.dataset),
+        "num_images": scored,
         "metrics": metrics,
         "seconds": seconds,
         "checkpoint_step": weights.step,
+        "skipped": skipped,
     }
     # routing overrides change the model: keep their results apart from the plain ones
     overrides = {k: v for k, v in (cfg.get("routed_inference") or {}).items() if v is not None}
@@ -375,4 +402,75 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         suffix = "".join(f"_{k}-{v}" for k, v in sorted(overrides.items()))
         write_json(run_dir / "eval" / f"{data_name}_{cfg.split}{suffix}.json", payload)
     log.info("metrics: %s", metrics)
-    return metrics
+    if skipped:
+        log.warning("%s", format_skipped(
+            f"scored {scored} images; {len(skipped)} file problem(s) left out (also under 'skipped' in "
+            f"{Path(cfg.paths.output_dir) / 'metrics.json'}); fix or remove these files and rerun",
+            skipped))
+    return payload
+
+
+def format_skipped(what: str, skipped: list[str], limit: int = 50) -> str:
+    lines = [f"{what}:"] + [f"  - {item}" for item in skipped[:limit]]
+    if len(skipped) > limit:
+        lines.append(f"  ... and {len(skipped) - limit} more")
+    return "\n".join(lines)
+
+
+def eval_main(cfg: DictConfig) -> int:
+    """``eval.py``: evaluate; exit code 1 when files were left out (the rest is still scored)."""
+    payload = run_task(_evaluate, cfg)
+    return 1 if payload["skipped"] else 0
+
+
+# --------------------------------------------------------------------------- user errors
+# Errors that describe a wrong input or option and say what to do: shown as one message, not a
+# traceback. Their subclasses include DatasetLayoutError, ImageReadError, WeightsMismatchError.
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError)
+
+
+def _user_error(err: BaseException) -> BaseException | None:
+    """The user error behind ``err`` (Hydra's InstantiationException wraps it), or None."""
+    from omegaconf.errors import MissingMandatoryValue
+
+    from mematte.inference import MemoryBudgetError
+    from mematte.lit_module import NonFiniteTrainingError
+
+    kinds = (*USER_ERRORS, MissingMandatoryValue, MemoryBudgetError, NonFiniteTrainingError)
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, kinds):
+            return err
+        err = err.__cause__ or err.__context__
+    return None
+
+
+def run_task(task: Any, cfg: DictConfig) -> Any:
+    """Run an entry point's task; a user error ends the process with its message and code 1.
+
+    The message (which names the file or option and the fix) is logged once, to the console
+    and the run's log file; no traceback, unless ``HYDRA_FULL_ERROR=1`` asks for one (then the
+    error propagates as usual). In a multirun the error propagates after the message, so that
+    Hydra marks this job failed and goes on with the other jobs.
+    """
+    try:
+        return task(cfg)
+    except Exception as err:
+        cause = _user_error(err)
+        if cause is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        log.error("%s: %s", type(cause).__name__, cause)
+        if _multirun():
+            raise
+        log.error("(set HYDRA_FULL_ERROR=1 for the traceback)")
+        raise SystemExit(1) from None
+
+
+def _multirun() -> bool:
+    from hydra.types import RunMode
+
+    try:
+        return HydraConfig.get().mode == RunMode.MULTIRUN
+    except ValueError:  # not inside a Hydra app
+        return False

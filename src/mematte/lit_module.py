@@ -132,6 +132,8 @@ class MattingModule(LightningModule):
         # Kept ratios at inference (argmax decisions), token-weighted over the split.
         self.val_keep = self._keep_ratio_meters()
         self.test_keep = self._keep_ratio_meters()
+        # "<file>: <reason>" of evaluation samples that could not be read (on_bad_file: skip)
+        self.skipped_samples: list[str] = []
         # numeric-fault bookkeeping (see on_before_optimizer_step)
         self.max_nonfinite_steps = max_nonfinite_steps
         self.nonfinite_steps = 0  # total skipped steps of the run (kept in checkpoints)
@@ -232,8 +234,17 @@ class MattingModule(LightningModule):
         return ratios
 
     # ------------------------------------------------------------------ evaluation
-    def _evaluate_batch(self, batch: Batch, metrics: MattingMetrics, keep: nn.ModuleDict) -> None:
-        """Score a batch at full resolution, alpha clamped to the trimap's known regions."""
+    def _evaluate_batch(self, batch: Batch, metrics: MattingMetrics, keep: nn.ModuleDict) -> dict[str, Any] | None:
+        """Score a batch at full resolution, alpha clamped to the trimap's known regions.
+
+        Returns the clamped alpha (B, 1, H, W) and the routing decisions, for callbacks
+        (validation panels, routing maps); None for a batch whose samples all failed to load.
+        Samples a dataset could not read (``on_bad_file: skip``) arrive as ``batch["skipped"]``
+        messages and are collected in :attr:`skipped_samples` instead of being scored.
+        """
+        self.skipped_samples.extend(batch.get("skipped") or [])
+        if "image" not in batch:
+            return None
         out = self(batch["image"], batch["trimap"])
         alpha = clamp_to_trimap(out.alpha, batch["trimap"])
         metrics.update(alpha, batch["alpha"], batch["trimap"])
@@ -241,6 +252,7 @@ class MattingModule(LightningModule):
             for i, info in zip(self.routed_block_indexes, out.routing):
                 keep[f"block{i}"].update(info.decision)
             keep["mean"].update(torch.cat([info.decision for info in out.routing], dim=1))
+        return {"alpha": alpha.detach(), "routing": out.routing}
 
     def _log_evaluation(self, stage: str, metrics: MattingMetrics, keep: nn.ModuleDict) -> None:
         values = dict(metrics.compute())
@@ -251,14 +263,14 @@ class MattingModule(LightningModule):
         self.log_dict(values, prog_bar=stage == "val", sync_dist=False)
         metrics.reset()
 
-    def validation_step(self, batch: Batch, batch_idx: int) -> None:
-        self._evaluate_batch(batch, self.val_metrics, self.val_keep)
+    def validation_step(self, batch: Batch, batch_idx: int) -> dict[str, Any] | None:
+        return self._evaluate_batch(batch, self.val_metrics, self.val_keep)
 
     def on_validation_epoch_end(self) -> None:
         self._log_evaluation("val", self.val_metrics, self.val_keep)
 
-    def test_step(self, batch: Batch, batch_idx: int) -> None:
-        self._evaluate_batch(batch, self.test_metrics, self.test_keep)
+    def test_step(self, batch: Batch, batch_idx: int) -> dict[str, Any] | None:
+        return self._evaluate_batch(batch, self.test_metrics, self.test_keep)
 
     def on_test_epoch_end(self) -> None:
         self._log_evaluation("test", self.test_metrics, self.test_keep)

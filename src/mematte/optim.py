@@ -57,7 +57,10 @@ def param_groups(
         num_layers: backbone depth (read from ``model.backbone.depth`` when None).
 
     Returns:
-        Groups for ``torch.optim`` with ``lr``, ``weight_decay`` and ``lr_scale`` keys.
+        Groups for ``torch.optim`` with ``lr``, ``weight_decay``, ``lr_scale`` and ``name``
+        keys; the name (``embed``, ``block00`` … ``block11`` as in ``backbone.blocks.N``, ``head`` =
+        decoder and the rest, ``all`` without layer decay; ``…_no_decay`` for norms and the
+        pos-embed) labels the learning rates the LR monitor logs (``lr-AdamW/block11``).
     """
     if num_layers is None:
         num_layers = int(getattr(getattr(model, "backbone", None), "depth", 0))
@@ -74,7 +77,12 @@ def param_groups(
         scale = layer_decay ** (num_layers + 1 - layer_id)
         key = (layer_id, decay)
         if key not in groups:
+            if layer_decay == 1.0:
+                label = "all"
+            else:
+                label = "embed" if layer_id == 0 else "head" if layer_id > num_layers else f"block{layer_id - 1:02d}"
             groups[key] = {
+                "name": label if decay else f"{label}_no_decay",
                 "params": [],
                 "lr": lr * scale,
                 "lr_scale": scale,

@@ -23,7 +23,6 @@ import logging
 import math
 import sys
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,11 +30,10 @@ from typing import Any
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
-from PIL import Image, ImageDraw
 from torch import Tensor, nn
 
 from mematte.checkpoints import net_from_any
-from mematte.cli import apply_extras, write_json
+from mematte.cli import apply_extras, run_task, write_json
 from mematte.data.composition import binary_erosion, ellipse_kernel, quantize_trimap, trimap_to_uint8
 from mematte.image_io import (
     IMAGE_EXTENSIONS,
@@ -47,7 +45,7 @@ from mematte.image_io import (
     write_png,
 )
 from mematte.inference import MemoryBudgetError, Predictor
-from mematte.models.vit import RoutingInfo
+from mematte.visualize import routing_overlay
 
 log = logging.getLogger("mematte")
 
@@ -59,14 +57,12 @@ __all__ = [
     "estimate_foreground",
     "load_net",
     "predict",
-    "routing_overlay",
     "run_from_config",
     "trimap_from_mask",
 ]
 
 FAILURES_FILE = "failures.json"
 _TRIMAP_VALUES = (0, 128, 255)
-_TINT = np.array([255.0, 150.0, 0.0], dtype=np.float32)  # orange: tokens with global attention
 
 
 class InputError(ValueError):
@@ -408,79 +404,6 @@ def estimate_foreground(
     return fg, bg
 
 
-# --------------------------------------------------------------------------- routing maps
-def _panel(image: Image.Image, decision: np.ndarray, image_hw: tuple[int, int], patch: int) -> np.ndarray:
-    """One overlay panel: the (downscaled) image dimmed, routed tokens tinted.
-
-    Args:
-        image: the image already resized to the panel size (pw, ph).
-        decision: (Hg, Wg) bool token grid of the padded image.
-        image_hw: (H, W) of the original image (the grid covers its padded version).
-        patch: token side in image pixels.
-
-    Returns:
-        (ph, pw, 3) uint8.
-    """
-    h, w = image_hw
-    pixels = np.asarray(image, dtype=np.float32)
-    ph, pw = pixels.shape[:2]
-    # panel pixel centre → original pixel → token (nearest), no full-resolution upsampling
-    rows = np.minimum(((np.arange(ph) + 0.5) * h / ph).astype(np.int64) // patch, decision.shape[0] - 1)
-    cols = np.minimum(((np.arange(pw) + 0.5) * w / pw).astype(np.int64) // patch, decision.shape[1] - 1)
-    routed = decision[rows[:, None], cols[None, :]]
-    out = pixels * 0.35
-    out[routed] = 0.5 * pixels[routed] + 0.5 * _TINT
-    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
-
-
-def routing_overlay(
-    image: np.ndarray,
-    routing: Sequence[RoutingInfo],
-    patch: int,
-    block_indexes: Sequence[int] | None = None,
-    max_side: int = 1024,
-) -> np.ndarray:
-    """Where routed blocks sent tokens to global attention, one labelled panel per block.
-
-    Panels (image dimmed, routed tokens tinted orange) are laid out in a near-square grid
-    (side by side for 2 blocks, 2 × 2 for the usual 4), each at most ``max_side`` pixels.
-
-    Args:
-        image: (H, W, 3) uint8.
-        routing: per routed block :class:`RoutingInfo` (batch element 0 is drawn).
-        patch: token side in pixels (16).
-        block_indexes: block numbers for the labels (default 0, 1, ...).
-        max_side: longest panel side in pixels.
-
-    Returns:
-        (rows·ph + gaps, cols·pw + gaps, 3) uint8.
-    """
-    if not routing:
-        raise ValueError("no routing decisions to draw (ViTMatte nets have no routed blocks)")
-    h, w = image.shape[:2]
-    scale = min(1.0, max_side / max(h, w))
-    pw, ph = max(1, round(w * scale)), max(1, round(h * scale))
-    small = Image.fromarray(image)
-    if (pw, ph) != (w, h):
-        small = small.resize((pw, ph), Image.Resampling.BOX)
-    n = len(routing)
-    cols = math.ceil(math.sqrt(n))
-    rows = math.ceil(n / cols)
-    gap = 4
-    canvas = Image.new("RGB", (cols * pw + (cols - 1) * gap, rows * ph + (rows - 1) * gap))
-    draw = ImageDraw.Draw(canvas)
-    indexes = list(block_indexes) if block_indexes is not None else list(range(n))
-    for k, info in enumerate(routing):
-        hg, wg = info.grid
-        decision = info.decision[0].detach().float().cpu().numpy().reshape(hg, wg) > 0.5
-        x0, y0 = (k % cols) * (pw + gap), (k // cols) * (ph + gap)
-        canvas.paste(Image.fromarray(_panel(small, decision, (h, w), patch)), (x0, y0))
-        label = f"block {indexes[k]}: {decision.mean():.0%} global"
-        draw.text((x0 + 4, y0 + 3), label, fill=(0, 0, 0))  # shadow: readable on light images
-        draw.text((x0 + 3, y0 + 2), label, fill=(255, 255, 255))
-    return np.asarray(canvas)
-
-
 # --------------------------------------------------------------------------- inputs
 def load_net(ckpt_path: str | Path) -> nn.Module:
     """The net of a mematte checkpoint, an official ViTMatte/MEMatte file or a Hugging Face
@@ -668,13 +591,12 @@ def predict(options: PredictOptions, net: nn.Module | None = None) -> PredictSum
 def run_from_config(cfg: DictConfig) -> int:
     """The Hydra main behind ``predict.py``: run, and return the process exit code.
 
-    Configuration and path errors are logged as one line (no traceback) and give 1.
+    Configuration and path errors are logged as one message (no traceback) and give 1
+    (:func:`mematte.cli.run_task`); so does a run in which any image failed.
     """
     apply_extras(cfg)
     try:
-        summary = predict(PredictOptions.from_config(cfg))
-    except (FileNotFoundError, ValueError) as err:
-        log.error("%s", err)
-        log.debug("details", exc_info=True)
-        return 1
+        summary = run_task(lambda c: predict(PredictOptions.from_config(c)), cfg)
+    except SystemExit as stop:  # run_task's user-error exit, already logged
+        return int(stop.code or 0)
     return summary.exit_code

@@ -22,8 +22,10 @@ Where runs come from (the first source that yields runs is used):
 
 Runs are grouped into ablations by ``sweep_name`` in their config (set by ``+sweep=...``),
 else by the multirun folder. Each ablation gets a table (the settings that differ across its
-jobs, SAD / MSE / Grad / Conn of the test split or the final validation, kept ratios, and
-peak memory and latency joined from benchmark CSVs by architecture) as
+jobs, SAD / MSE / Grad / Conn of the test split or the final validation, kept ratios, each
+run's own test-time peak memory and latency per image (``test/peak_mib``, ``test/latency_s``
+from :class:`mematte.callbacks.InferenceProfiler`), and the benchmark's peak memory and latency
+at a common high resolution joined from benchmark CSVs by architecture) as
 ``<out>/report/<sweep>.md`` and ``.csv``, and a plot of SAD against the kept ratio. The
 benchmark CSVs give a memory-vs-resolution plot. ``<out>/RESULTS.md`` receives everything
 between the markers ``<!-- report:begin -->`` and ``<!-- report:end -->``; text outside them
@@ -803,8 +805,14 @@ def build_table(sweep: str, runs: Sequence[Run], bench: Sequence[BenchPoint] = (
     res = f" @ {join.resolution[1]}×{join.resolution[0]}" if join and join.resolution else ""
     columns = setting_cols + [(m, METRIC_LABELS[m]) for m in METRICS] + [("keep_ratio", "kept")]
     columns += [(b, f"kept b{_BLOCK_KEY.match(b).group(1)}") for b in blocks]
-    columns += [("peak_mib", f"peak MiB{res}"), ("latency_s", f"latency s{res}"),
-                ("split", "metrics of"), ("status", "status"), ("run", "run")]
+    # cost measured in each run's own test loop (mematte.callbacks.InferenceProfiler)
+    own_cost = [c for c in ("peak_mib", "latency_s") if any(run.metrics.get(c) is not None for run in runs)]
+    columns += [(c, {"peak_mib": "peak MiB", "latency_s": "latency s"}[c]) for c in own_cost]
+    if join and join.models:
+        columns += [("bench_peak_mib", f"bench peak MiB{res}"), ("bench_latency_s", f"bench latency s{res}")]
+    elif not own_cost:
+        columns += [("bench_peak_mib", "peak MiB"), ("bench_latency_s", "latency s")]
+    columns += [("split", "metrics of"), ("status", "status"), ("run", "run")]
     rows = []
     for run in runs:
         row: dict[str, Any] = {key: _setting_cell(run, key) for key, _ in setting_cols}
@@ -818,8 +826,9 @@ def build_table(sweep: str, runs: Sequence[Run], bench: Sequence[BenchPoint] = (
         row["bench_model"] = join.models.get(id(run)) if join else None
         row["bench_resolution"] = point.resolution if point else None
         ok = point is not None and point.status == "ok"
-        row["peak_mib"] = point.peak_bytes / MIB if ok and point.peak_bytes is not None else None
-        row["latency_s"] = point.latency_s if ok else None
+        row["peak_mib"], row["latency_s"] = run.metrics.get("peak_mib"), run.metrics.get("latency_s")
+        row["bench_peak_mib"] = point.peak_bytes / MIB if ok and point.peak_bytes is not None else None
+        row["bench_latency_s"] = point.latency_s if ok else None
         if point is not None and not ok:
             row["bench_status"] = f"{point.status}: {point.reason}"
         row["split"] = run.split
@@ -833,6 +842,9 @@ def build_table(sweep: str, runs: Sequence[Run], bench: Sequence[BenchPoint] = (
                         "metrics are missing or partial")
     if any(r["split"] == "val" for r in rows):
         notes.append("`metrics of: val` = final validation (the run has no test metrics)")
+    if own_cost:
+        notes.append("peak MiB / latency s: each run's own test loop, per image (largest forward-pass peak "
+                     "above the input and weights; median forward time), on the run's device and test images")
     if join:
         used = sorted(set(join.models.values()))
         if used:
@@ -842,8 +854,8 @@ def build_table(sweep: str, runs: Sequence[Run], bench: Sequence[BenchPoint] = (
                          f"{', '.join(sources)} {where}, matched by architecture (random weights, fixed "
                          "top-K routing: one value per architecture, not per trained run)")
         else:
-            notes.append("peak memory / latency: no benchmark model has these runs' architecture "
-                         "(bench.py models are ViT-S/B; these runs differ) — shown as —")
+            notes.append("bench peak memory / latency: no benchmark model has these runs' architecture "
+                         "(bench.py models are ViT-S/B; these runs differ)" + ("" if own_cost else " — shown as —"))
     return Table(sweep=sweep, columns=columns, rows=rows, notes=notes, runs=list(runs), setting_keys=keys)
 
 
@@ -851,12 +863,19 @@ def _cell(table: Table, row: Mapping[str, Any], key: str) -> str:
     value = row.get(key)
     if key == "keep_ratio" and row.get("routed") is False:
         return "1 (no routing)"
-    if key in ("peak_mib", "latency_s") and value is not None:
-        text = f"{value:,.0f}" if key == "peak_mib" else _fmt(value)
+    if key in ("peak_mib", "bench_peak_mib") and value is not None:
+        text = f"{value:,.0f}" if value >= 10 else f"{value:.2g}"
+    elif key in ("latency_s", "bench_latency_s") and value is not None:
+        text = _fmt(value)
+    else:
+        text = None
+    if text is not None and key.startswith("bench_"):
         if "@" not in dict(table.columns)[key] and row.get("bench_resolution"):
             text += f" ({row['bench_resolution']})"  # no common resolution: say which
         return text
-    if key in ("peak_mib", "latency_s") and row.get("bench_status"):
+    if text is not None:
+        return text
+    if key in ("bench_peak_mib", "bench_latency_s") and row.get("bench_status"):
         return row["bench_status"].split(":", 1)[0]
     return _fmt(value)
 
@@ -866,8 +885,8 @@ def table_markdown(table: Table) -> str:
     def esc(text: str) -> str:
         return text.replace("|", "\\|").replace("\n", " ")
 
-    numeric = {m for m in METRICS} | {"keep_ratio", "peak_mib", "latency_s"} | {k for k, _ in table.columns
-                                                                                if k.startswith("keep_ratio/")}
+    numeric = set(METRICS) | {"keep_ratio", "peak_mib", "latency_s", "bench_peak_mib", "bench_latency_s"}
+    numeric |= {k for k, _ in table.columns if k.startswith("keep_ratio/")}
     lines = ["| " + " | ".join(esc(label) for _, label in table.columns) + " |",
              "|" + "|".join("---:" if k in numeric else "---" for k, _ in table.columns) + "|"]
     for row in table.rows:

@@ -22,7 +22,7 @@ from typing import Any
 import lightning as L
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, default_collate
 
 __all__ = ["MattingDataModule", "ResumableDataLoader", "ResumableSampler"]
 
@@ -127,6 +127,21 @@ class ResumableDataLoader(DataLoader):
         sampler.resume(epoch, samples)
 
 
+def collate_eval(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """Default collation of evaluation samples, minus those a dataset could not read.
+
+    Samples of the form ``{"name", "skipped": message}`` (``FolderEvalSet(on_bad_file="skip")``)
+    are dropped from the batch and their messages listed under ``batch["skipped"]``; a batch of
+    only such samples is ``{"skipped": [...]}`` (no "image"), which the module counts and passes.
+    """
+    good = [s for s in samples if "skipped" not in s]
+    batch: dict[str, Any] = default_collate(good) if good else {}
+    skipped = [s["skipped"] for s in samples if "skipped" in s]
+    if skipped:
+        batch["skipped"] = skipped
+    return batch
+
+
 class MattingDataModule(L.LightningDataModule):
     """Train / val / test / predict loaders for matting datasets.
 
@@ -222,6 +237,7 @@ class MattingDataModule(L.LightningDataModule):
             batch_size=batch_size,
             shuffle=train,
             drop_last=train,
+            collate_fn=None if train else collate_eval,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers and self.num_workers > 0,

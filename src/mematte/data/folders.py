@@ -27,6 +27,7 @@ reached the training device. :func:`compose_test_set` reproduces DIM's test-set 
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import shutil
@@ -63,6 +64,8 @@ __all__ = [
     "dim_composite",
     "compose_test_set",
 ]
+
+log = logging.getLogger("mematte")
 
 # Problems shown in one error message; the rest are counted.
 MAX_LISTED = 50
@@ -479,6 +482,12 @@ class FolderEvalSet(Dataset):
             trimaps are generated from alpha (:func:`deterministic_trimap`).
         trimap_seed: seed of generated trimaps.
         hint: how to obtain the dataset (used in error messages).
+        on_bad_file: ``error``: any unreadable or mismatched file fails construction (or the
+            loading of its sample) with an error naming it: what training wants before a long
+            run. ``skip`` (``eval.py``): such samples are left out and listed, the rest is
+            scored — problems found at construction go to :attr:`skipped`, files that fail
+            to decode later come back as ``{"name", "skipped": message}`` samples, which
+            :func:`mematte.data.datamodule.collate_eval` moves to ``batch["skipped"]``.
 
     Returns (``__getitem__``): "image" (3, H, W) float32 in [0, 1], "alpha" (1, H, W) float32
     in [0, 1], "trimap" (1, H, W) float32 in {0, 0.5, 1}, "name" str (file stem).
@@ -493,8 +502,12 @@ class FolderEvalSet(Dataset):
         require_trimaps: bool = True,
         trimap_seed: int = 0,
         hint: str = "",
+        on_bad_file: str = "error",
     ) -> None:
+        if on_bad_file not in ("error", "skip"):
+            raise ValueError(f"on_bad_file={on_bad_file!r}: choose error or skip")
         self.split = split
+        self.on_bad_file = on_bad_file
         self.root = _Root(root, hint, f"{split} set at data.root={root}")
         keys = ("image", "alpha", "trimap") if require_trimaps else ("image", "alpha")
         self.layout = self.root.choose_layout(layouts, keys)
@@ -503,8 +516,12 @@ class FolderEvalSet(Dataset):
         self.trimap_seed = int(trimap_seed)
         problems: list[str] = []
         entries = self._scan(problems)
-        if problems:
+        # skip mode still refuses a set with nothing to score
+        if problems and (on_bad_file == "error" or not entries):
             raise DatasetLayoutError(self.root.what, problems)
+        self.skipped: list[str] = problems  # what skip mode left out, one line per problem
+        if problems:
+            log.warning("%s", format_problems(f"{self.root.what}, on_bad_file=skip: leaving out", problems))
         self.total = len(entries)
         if num_samples is not None and num_samples < len(entries):
             picks = np.unique(np.linspace(0, len(entries) - 1, max(int(num_samples), 1)).round().astype(int))
@@ -567,6 +584,14 @@ class FolderEvalSet(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor | str]:
         entry = self.entries[index]
+        if self.on_bad_file == "error":
+            return self._load(entry)
+        try:
+            return self._load(entry)
+        except (ImageReadError, ValueError) as err:  # a file that passed the header check
+            return {"name": entry.name, "skipped": str(err)}
+
+    def _load(self, entry: _Triplet) -> dict[str, torch.Tensor | str]:
         image, alpha_u8 = read_image(entry.image), read_gray(entry.alpha)
         alpha = alpha_u8.astype(np.float32) / 255.0
         if entry.trimap is not None:
