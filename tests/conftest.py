@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -24,6 +25,8 @@ torch.set_num_threads(min(2, torch.get_num_threads()))
 TINY_TRAIN = [
     "trainer=cpu",
     "logger=csv",
+    # 64² crops are 4×4 token grids: 14×14 windows would pad each to 196 tokens (12× the work)
+    "backbone.window_size=4",
     "data.batch_size=2",
     "data.train_set.crop_size=64",
     "data.train_set.image_size=128",
@@ -38,6 +41,14 @@ TINY_TRAIN = [
     "trainer.log_every_n_steps=1",
     "extras.print_config=false",
 ]
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Move what imports and collection made (torch, Lightning, transformers, ...: ~600k
+    objects) out of the garbage collector's sight. A full collection then scans only what the
+    tests create: the profiler's ``gc.collect()`` before each test-loop forward, and Python's
+    own full collections, drop from ~0.35 s each to near nothing."""
+    gc.freeze()
 
 
 def compose_config(name: str, overrides: list[str], output_dir: Path) -> DictConfig:

@@ -15,7 +15,7 @@ from omegaconf import open_dict
 from conftest import CONF_DIR, TINY_TRAIN
 from mematte.checkpoints import build_net, init_net_from, load_checkpoint, net_state
 from mematte.cli import train
-from test_train import run_entry
+from test_train import run_script
 
 ROUTERS = sorted(p.stem for p in (CONF_DIR / "router").glob("*.yaml") if p.stem not in ("none", "_routed"))
 LTRMS = sorted(p.stem for p in (CONF_DIR / "ltrm").glob("*.yaml"))
@@ -51,12 +51,13 @@ def test_fast_dev_run_every_router_and_ltrm(make_cfg, router, ltrm):
     assert {"sad", "keep_ratio", "keep_ratio/block2", "keep_ratio/block11"} <= set(summary["test"])
 
 
-def test_train_and_eval_entry_points_as_typed(tmp_path):
-    """`python train.py router=local_global ltrm=conv`, then eval.py on its checkpoint."""
+def test_train_and_eval_entry_points_as_typed(tmp_path, monkeypatch):
+    """`python train.py router=local_global ltrm=conv`, then eval.py on its checkpoint (in this
+    process, through the scripts' own Hydra mains; in fresh processes: tests/test_train.py)."""
     run_dir = tmp_path / "run"
     overrides = [o for o in TINY_TRAIN if not o.startswith("trainer.max_steps")]
-    run_entry("train.py", ["router=local_global", "ltrm=conv", *overrides, "trainer.max_steps=3",
-                           f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+    run_script("train.py", ["router=local_global", "ltrm=conv", *overrides, "trainer.max_steps=3",
+                            f"hydra.run.dir={run_dir}"], tmp_path, monkeypatch)
     summary = json.loads((run_dir / "metrics.json").read_text())
     assert summary["config"]["backbone"]["global_block"]["router"]["_target_"].endswith("LocalGlobalRouter")
     for stage in ("val_untrained", "val_final", "test"):
@@ -66,9 +67,9 @@ def test_train_and_eval_entry_points_as_typed(tmp_path):
 
     last = run_dir / "checkpoints" / "last.ckpt"
     eval_dir = tmp_path / "eval"
-    run_entry("eval.py", [f"ckpt_path={last}", "data.test_set.num_samples=2", "data.test_set.min_size=64",
-                          "data.test_set.max_size=90", "routed_inference.inference=expected",
-                          f"hydra.run.dir={eval_dir}"], cwd=tmp_path)
+    run_script("eval.py", [f"ckpt_path={last}", "data.test_set.num_samples=2", "data.test_set.min_size=64",
+                           "data.test_set.max_size=90", "routed_inference.inference=expected",
+                           f"hydra.run.dir={eval_dir}"], tmp_path, monkeypatch)
     result = json.loads((eval_dir / "metrics.json").read_text())
     assert {"sad", "mse", "grad", "conn", "keep_ratio", "keep_ratio/block5"} <= set(result["metrics"])
     # three steps in, routers are unsure (p ≈ 0.5): the expected share is well above zero
@@ -80,7 +81,7 @@ def test_train_and_eval_entry_points_as_typed(tmp_path):
 def test_short_training_moves_kept_ratio_toward_target(make_cfg):
     """BATR pulls the batch-average kept ratio from ~0.5 (fresh routers) toward 0.25."""
     cfg, _ = run_train(make_cfg, ["router=local_global", "ltrm=conv", "trainer.max_steps=30",
-                                  "module.scheduler.warmup_steps=0", "test=false",
+                                  "module.scheduler.warmup_steps=0", "test=false", "callbacks=none",
                                   "validate_before_training=false", "trainer.val_check_interval=30"])
     ratios = [r for _, r in csv_rows(Path(cfg.paths.output_dir), "train/keep_ratio")]
     assert len(ratios) == 30
@@ -92,7 +93,8 @@ def test_fixed_routing_follows_the_annealed_share(make_cfg):
     """routing=fixed: exact top-K per image; the share anneals 1.0 → 0.25 over 4 steps."""
     cfg, _ = run_train(make_cfg, ["router=local_global", "routing=fixed", "routing.schedule=anneal",
                                   "routing.anneal_steps=4", "trainer.max_steps=5", "test=false",
-                                  "validate_before_training=false", "trainer.val_check_interval=5"])
+                                  "callbacks=none", "validate_before_training=false",
+                                  "trainer.val_check_interval=5"])
     # 64² crops → 16 tokens per image; K = round(16·t) with t = 1, .8125, .625, .4375, .25
     logged = dict(csv_rows(Path(cfg.paths.output_dir), "train/keep_ratio"))
     assert logged == pytest.approx({0: 1.0, 1: 13 / 16, 2: 10 / 16, 3: 7 / 16, 4: 4 / 16})

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
+import runpy
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from hydra.core.global_hydra import GlobalHydra
 
 from conftest import ROOT, TINY_TRAIN
 from mematte.cli import evaluate, train
@@ -31,6 +34,31 @@ def run_entry(script: str, args: list[str], cwd: Path, timeout: int = 600) -> su
     return proc
 
 
+def run_script(script: str, args: list[str], cwd: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``python <script> args`` from ``cwd``, but in this process: the script runs as
+    ``__main__`` and its ``@hydra.main`` parses ``args`` as its command line. Saves the ~12 s
+    of imports of a fresh interpreter (:func:`run_entry`)."""
+    monkeypatch.chdir(cwd)
+    monkeypatch.setattr(sys, "argv", [str(ROOT / script), *args])
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "1")  # a failure raises with its traceback
+    root, environ = logging.getLogger(), dict(os.environ)
+    level, handlers = root.level, list(root.handlers)
+    try:
+        runpy.run_path(str(ROOT / script), run_name="__main__")
+    except SystemExit as stop:
+        assert stop.code in (0, None), f"{script} exited with {stop.code}"
+    finally:
+        # Hydra set up the job's logging (console + <run dir>/<task>.log) and stays initialised
+        for handler in root.handlers:
+            if handler not in handlers:
+                handler.close()
+        root.handlers[:] = handlers
+        root.setLevel(level)
+        GlobalHydra.instance().clear()
+        os.environ.clear()  # e.g. the resume decision train() exports for DDP children
+        os.environ.update(environ)
+
+
 def first_logged(csv_path: Path, key: str) -> float:
     with csv_path.open() as f:
         for row in csv.DictReader(f):
@@ -45,6 +73,8 @@ def test_fast_dev_run_each_backbone(make_cfg, backbone):
     train(cfg)
     summary = json.loads((Path(cfg.paths.output_dir) / "metrics.json").read_text())
     assert summary["global_step"] == 1
+    # debug=fast_dev_run saves no last.ckpt (1.1 GB of weights and AdamW moments for ViT-B)
+    assert not (Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt").exists()
     assert set(summary["test"]) == {"sad", "mse", "grad", "conn", "latency_s", "peak_mib"}
 
 
@@ -67,15 +97,23 @@ def test_same_seed_same_first_step_loss(make_cfg, tmp_path):
     assert losses[0] != losses[2]
 
 
-def test_train_then_eval_entry_points(tmp_path):
-    """`python train.py ...` then `python eval.py ckpt_path=...` as a user types them."""
+@pytest.mark.parametrize(
+    "fresh", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["in_process", "fresh_processes"]
+)
+def test_train_then_eval_entry_points(tmp_path, monkeypatch, fresh):
+    """`python train.py ...` then `python eval.py ckpt_path=...` as a user types them: in fresh
+    processes (slow: ~12 s of imports each), and through the scripts' own Hydra mains in this
+    process (the fast suite; predict.py runs fresh in tests/test_predict_cli.py)."""
+
+    def run(script: str, args: list[str]) -> None:
+        if fresh:
+            run_entry(script, args, cwd=tmp_path)
+        else:
+            run_script(script, args, tmp_path, monkeypatch)
+
     run_dir = tmp_path / "run"
     overrides = [o for o in TINY_TRAIN if not o.startswith("logger=")]
-    run_entry(
-        "train.py",
-        [*overrides, "trainer.max_steps=4", "logger=[csv,wandb]", f"hydra.run.dir={run_dir}"],
-        cwd=tmp_path,
-    )
+    run("train.py", [*overrides, "trainer.max_steps=4", "logger=[csv,wandb]", f"hydra.run.dir={run_dir}"])
     summary = json.loads((run_dir / "metrics.json").read_text())
     assert summary["global_step"] == 4
     assert set(summary["val_untrained"]) == {"sad", "mse", "grad", "conn"}
@@ -90,12 +128,8 @@ def test_train_then_eval_entry_points(tmp_path):
     assert "torch" in ckpt["mematte"]["versions"]
 
     eval_dir = tmp_path / "eval"
-    run_entry(
-        "eval.py",
-        [f"ckpt_path={last}", "data.test_set.num_samples=3", "data.test_set.min_size=64",
-         "data.test_set.max_size=90", "extras.print_config=false", f"hydra.run.dir={eval_dir}"],
-        cwd=tmp_path,
-    )
+    run("eval.py", [f"ckpt_path={last}", "data.test_set.num_samples=3", "data.test_set.min_size=64",
+                    "data.test_set.max_size=90", "extras.print_config=false", f"hydra.run.dir={eval_dir}"])
     result = json.loads((run_dir / "eval" / "synthetic_test.json").read_text())
     assert result["num_images"] == 3 and result["split"] == "test"
     assert result["checkpoint_step"] == 4
