@@ -87,9 +87,8 @@ def test_run_point_measures_memory_and_latency_in_process():
     spec = PointSpec(model="tiny_mematte", net_config=configs["tiny_mematte"], height=64, width=96,
                      repeats=2, warmup=1, threads=1)
     result = run_point(spec)
-    # ≥ 0 here: in a test process that already freed memory a tiny forward may not grow the
-    # resident set; growth is checked in fresh processes (test_benchmark_runs_points_in_subprocesses_and_writes_reports)
-    assert result.status == "ok" and result.peak_bytes >= 0 and result.latency_s > 0
+    # > 0 even in a test process full of freed memory (PeakMemory hands it back first)
+    assert result.status == "ok" and result.peak_bytes > 0 and result.latency_s > 0
     assert len(result.latencies_s) == 2
     # 4×6 tokens, top 25 % of them through global attention in each of the routed blocks
     assert result.tokens == 24 and result.global_tokens == [6] * len(result.global_tokens)

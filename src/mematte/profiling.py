@@ -10,10 +10,17 @@ the metrics).
 * CPU: the process's resident high-water mark (``VmHWM``), reset through
   ``/proc/self/clear_refs`` (Linux ≥ 4.0), minus the resident size at the start. Where the
   reset is not available the never-reset ``ru_maxrss`` is used, which can only overstate.
+  Before the baseline, memory the process freed but still holds (glibc keeps freed heap
+  pages resident and reuses them) is handed back with ``malloc_trim``: otherwise, in a
+  process that trained a moment ago, a forward pass fits into that freed memory and the
+  resident size does not grow at all.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 import gc
 import resource
 import sys
@@ -21,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["read_status_bytes", "reset_peak_rss", "peak_rss_bytes", "PeakMemory"]
+__all__ = ["read_status_bytes", "release_free_memory", "reset_peak_rss", "peak_rss_bytes", "PeakMemory"]
 
 
 def read_status_bytes(field_name: str) -> int | None:
@@ -33,6 +40,29 @@ def read_status_bytes(field_name: str) -> int | None:
     except OSError:
         return None
     return None
+
+
+@functools.cache
+def _malloc_trim() -> object | None:
+    """glibc's ``malloc_trim``, or None (musl, macOS, Windows)."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return libc.malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+def release_free_memory() -> bool:
+    """Hand freed heap memory back to the OS (glibc ``malloc_trim(0)``); False if unsupported.
+
+    Afterwards the resident size is (nearly) what live objects use, so growth above it is
+    memory a computation really needed.
+    """
+    trim = _malloc_trim()
+    if trim is None:
+        return False
+    trim(0)
+    return True
 
 
 def reset_peak_rss() -> bool:
@@ -90,6 +120,7 @@ class PeakMemory:
         else:
             if collect:
                 gc.collect()
+            release_free_memory()
             self.baseline_bytes = read_status_bytes("VmRSS") or peak_rss_bytes(False)
             self._reset_ok = reset_peak_rss()
         return self.baseline_bytes
