@@ -41,7 +41,7 @@ def tiny_ckpt(tmp_path_factory) -> Path:
     from conftest import compose_config
 
     out = tmp_path_factory.mktemp("ckpt")
-    cfg = compose_config("train", [*TINY_TRAIN, "backbone.window_size=4"], out)
+    cfg = compose_config("train", TINY_TRAIN, out)
     torch.manual_seed(0)
     return save_net_checkpoint(instantiate(cfg.model), cfg.model, out / "net.ckpt")
 

@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import logging
 import statistics
 import time
 from collections.abc import Sequence
@@ -30,7 +29,6 @@ from mematte.visualize import matting_panel, routing_overlay
 
 __all__ = ["MattingPanels", "InferenceProfiler"]
 
-log = logging.getLogger("mematte")
 MIB = 1024**2
 
 
@@ -139,10 +137,10 @@ class MattingPanels(Callback):
         if stage is None or not self._panels:
             return
         step = trainer.global_step
-        for kind, pictures in (("panel", self._panels), ("routing", self._routing)):
+        for key, kind, pictures in (("panels", "panel", self._panels), ("routing", "routing", self._routing)):
             if not pictures:
                 continue
-            key = f"{stage}/{'panels' if kind == 'panel' else 'routing'}"
+            key = f"{stage}/{key}"
             for logger in trainer.loggers:
                 if isinstance(logger, WandbLogger):
                     logger.log_image(key=key, images=_same_size([p for _, p in pictures]),

@@ -344,6 +344,7 @@ def _evaluate(cfg: DictConfig) -> dict[str, Any]:
     """:func:`evaluate`, returning the whole JSON payload (with ``skipped``)."""
     import lightning as L
 
+    from mematte.data.folders import format_problems
     from mematte.lit_module import MattingModule
 
     apply_extras(cfg)
@@ -379,7 +380,7 @@ def _evaluate(cfg: DictConfig) -> dict[str, Any]:
     skipped = list(getattr(loader.dataset, "skipped", [])) + module.skipped_samples
     scored = len(loader.dataset) - len(module.skipped_samples)
     if scored <= 0:
-        raise ValueError(format_skipped(f"none of the {cfg.split} images could be read", skipped))
+        raise ValueError(format_problems(f"none of the {cfg.split} images could be read", skipped))
 
     data_name = choice("data") or "data"
     payload = {
@@ -403,18 +404,11 @@ def _evaluate(cfg: DictConfig) -> dict[str, Any]:
         write_json(run_dir / "eval" / f"{data_name}_{cfg.split}{suffix}.json", payload)
     log.info("metrics: %s", metrics)
     if skipped:
-        log.warning("%s", format_skipped(
+        log.warning("%s", format_problems(
             f"scored {scored} images; {len(skipped)} file problem(s) left out (also under 'skipped' in "
             f"{Path(cfg.paths.output_dir) / 'metrics.json'}); fix or remove these files and rerun",
             skipped))
     return payload
-
-
-def format_skipped(what: str, skipped: list[str], limit: int = 50) -> str:
-    lines = [f"{what}:"] + [f"  - {item}" for item in skipped[:limit]]
-    if len(skipped) > limit:
-        lines.append(f"  ... and {len(skipped) - limit} more")
-    return "\n".join(lines)
 
 
 def eval_main(cfg: DictConfig) -> int:

@@ -863,21 +863,16 @@ def _cell(table: Table, row: Mapping[str, Any], key: str) -> str:
     value = row.get(key)
     if key == "keep_ratio" and row.get("routed") is False:
         return "1 (no routing)"
+    if key in ("bench_peak_mib", "bench_latency_s") and value is None and row.get("bench_status"):
+        return row["bench_status"].split(":", 1)[0]
     if key in ("peak_mib", "bench_peak_mib") and value is not None:
         text = f"{value:,.0f}" if value >= 10 else f"{value:.2g}"
-    elif key in ("latency_s", "bench_latency_s") and value is not None:
-        text = _fmt(value)
     else:
-        text = None
-    if text is not None and key.startswith("bench_"):
+        text = _fmt(value)
+    if key.startswith("bench_") and value is not None:
         if "@" not in dict(table.columns)[key] and row.get("bench_resolution"):
             text += f" ({row['bench_resolution']})"  # no common resolution: say which
-        return text
-    if text is not None:
-        return text
-    if key in ("bench_peak_mib", "bench_latency_s") and row.get("bench_status"):
-        return row["bench_status"].split(":", 1)[0]
-    return _fmt(value)
+    return text
 
 
 def table_markdown(table: Table) -> str:

@@ -231,13 +231,13 @@ class MattingDataModule(L.LightningDataModule):
             )
         return dataset
 
-    def _loader(self, dataset: Dataset, batch_size: int, train: bool) -> DataLoader:
+    def _eval_loader(self, dataset: Dataset) -> DataLoader:
+        """Ordered loader of ``eval_batch_size`` samples, unreadable ones set aside (:func:`collate_eval`)."""
         return DataLoader(
             dataset,
-            batch_size=batch_size,
-            shuffle=train,
-            drop_last=train,
-            collate_fn=None if train else collate_eval,
+            batch_size=self.eval_batch_size,
+            shuffle=False,
+            collate_fn=collate_eval,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers and self.num_workers > 0,
@@ -287,11 +287,11 @@ class MattingDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         """Ordered loader of ``eval_batch_size`` (1) full-resolution validation samples."""
-        return self._loader(self._dataset("val"), self.eval_batch_size, train=False)
+        return self._eval_loader(self._dataset("val"))
 
     def test_dataloader(self) -> DataLoader:
         """Ordered loader of ``eval_batch_size`` (1) full-resolution test samples."""
-        return self._loader(self._dataset("test"), self.eval_batch_size, train=False)
+        return self._eval_loader(self._dataset("test"))
 
     def predict_dataloader(self) -> DataLoader:
         """Same as :meth:`test_dataloader` (prediction runs over the test set)."""

@@ -584,11 +584,11 @@ class FolderEvalSet(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor | str]:
         entry = self.entries[index]
-        if self.on_bad_file == "error":
-            return self._load(entry)
         try:
             return self._load(entry)
         except (ImageReadError, ValueError) as err:  # a file that passed the header check
+            if self.on_bad_file == "error":
+                raise
             return {"name": entry.name, "skipped": str(err)}
 
     def _load(self, entry: _Triplet) -> dict[str, torch.Tensor | str]:
