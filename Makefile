@@ -9,7 +9,7 @@ TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: setup train test test-fast test-all eval bench sweep report clean-logs help
+.PHONY: setup train test test-fast test-all eval bench ablate ablate-teacher sweep report clean-logs help
 
 help:
 	@echo "make setup      create .venv and install mematte[dev,interop,notebooks,hpc]"
@@ -17,7 +17,8 @@ help:
 	@echo "make test       full test suite (slow tests included)"
 	@echo "make test-fast  pytest -m 'not slow' (< 5 min)"
 	@echo "make bench      memory/latency benchmark of full-resolution inference (experiments/results)"
-	@echo "make sweep      every ablation sweep (conf/sweep/, 25 jobs) at the tiny CPU scale (~7 min on 2 cores)"
+	@echo "make ablate     the CPU ablation protocol: teacher, every sweep x 2 seeds, baselines (< 60 min on 2 cores)"
+	@echo "make report     ablation tables and plots into experiments/RESULTS.md"
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -46,36 +47,32 @@ clean-logs:
 bench: $(STAMP)
 	$(BIN)/python bench.py $(ARGS)
 
-# Every ablation sweep of conf/sweep/ (25 jobs) with the tiny model on synthetic data
-# (experiment=tiny_sweep), on the CPU: 7 min on 2 shared cores, 0.7 GB of logs. Like the
-# paper's ablations, each MEMatte student starts from, and is distilled from, a trained
-# ViTMatte: a tiny one trained here first (SWEEP_TEACHER, kept and reused while
-# conf/experiment/tiny_sweep.yaml is unchanged; its best checkpoint by validation SAD).
-# Results: logs/train/multiruns/<sweep>_<date>_<time>/<job>/{metrics.json,.hydra/overrides.yaml}.
-# SWEEPS='ablation_router ...' picks sweeps; ARGS='key=value ...' goes to every sweep job.
-SWEEPS ?= ablation_router ablation_ltrm ablation_keep_ratio ablation_objective ablation_distill ablation_no_ltrm
-SWEEP_ARGS ?= experiment=tiny_sweep
-SWEEP_TEACHER ?= logs/train/runs/sweep_teacher
-# ViTMatte teacher steps (the students train trainer.max_steps of tiny_sweep.yaml)
-SWEEP_TEACHER_STEPS ?= 60
-# `sweep=` once conf/train.yaml lists the sweep group in its defaults, `+sweep=` before
-SWEEP_KEY := $(shell grep -qE '^[[:space:]]*-[[:space:]]*sweep:' conf/train.yaml && echo sweep || echo +sweep)
+# The CPU-scale ablation protocol (tiny ViT on synthetic data, experiment=ablate_cpu): a tiny
+# ViTMatte teacher trained from scratch first (ABLATE_DIR/teacher, reused while its configs are
+# unchanged), then in ABLATE_LANES parallel one-thread lanes every sweep of ABLATE_SWEEPS — each
+# setting with 2 seeds, every MEMatte student initialised from and distilled from the teacher,
+# as in the paper — and the training-free baselines (pymatting's closed-form, large-kernel and
+# KNN matting, and filling the unknown region with 0.5) on the same val/test splits
+# (experiments/ablate.sh). Then `make report` writes the tables into experiments/RESULTS.md.
+# Paper scale, same sweeps and report: python train.py -m experiment=mematte_s_c1k sweep=S \
+#   trainer=ddp_8gpu hydra/launcher=slurm init_from=VITMATTE teacher.ckpt=VITMATTE
+ABLATE_DIR ?= logs/ablate
+ABLATE_SWEEPS ?= ablation_router ablation_ltrm ablation_keep_ratio ablation_objective ablation_topk_keep ablation_distill
+ABLATE_LANES ?= 2
 
 # metrics.json marks a finished run
-$(SWEEP_TEACHER)/metrics.json: conf/experiment/tiny_sweep.yaml | $(STAMP)
-	rm -rf $(SWEEP_TEACHER)
-	$(BIN)/python train.py $(SWEEP_ARGS) trainer.max_steps=$(SWEEP_TEACHER_STEPS) \
-		trainer.val_check_interval=$(SWEEP_TEACHER_STEPS) test=false tags=[tiny_sweep,teacher] \
-		hydra.run.dir=$(SWEEP_TEACHER)
+$(ABLATE_DIR)/teacher/metrics.json: conf/experiment/ablate_cpu.yaml conf/experiment/ablate_cpu_teacher.yaml | $(STAMP)
+	rm -rf $(ABLATE_DIR)/teacher
+	$(BIN)/python train.py experiment=ablate_cpu_teacher hydra.run.dir=$(ABLATE_DIR)/teacher
 
-sweep: $(SWEEP_TEACHER)/metrics.json | $(STAMP)
-	@set -e; start=$$(date +%s); \
-	teacher=$$(ls $(SWEEP_TEACHER)/checkpoints/best-step*.ckpt | tail -n 1); \
-	for s in $(SWEEPS); do \
-		echo "== $$s (teacher: $$teacher)"; \
-		$(BIN)/python train.py -m $(SWEEP_ARGS) $(SWEEP_KEY)=$$s init_from=$$teacher teacher.ckpt=$$teacher $(ARGS); \
-	done; \
-	echo "sweeps done in $$(( $$(date +%s) - start )) s: logs/train/multiruns/<sweep>_<date>_<time>/<job>/metrics.json"
+ablate-teacher: $(ABLATE_DIR)/teacher/metrics.json
+
+ablate: $(ABLATE_DIR)/teacher/metrics.json | $(STAMP)
+	PYTHON=$(BIN)/python ABLATE_DIR=$(ABLATE_DIR) ABLATE_SWEEPS="$(ABLATE_SWEEPS)" \
+		ABLATE_LANES=$(ABLATE_LANES) ARGS="$(ARGS)" bash experiments/ablate.sh
+
+# the former name of `make ablate`
+sweep: ablate
 
 # Ablation tables and plots from the sweep folders (or the W&B API: ARGS='--wandb ENTITY/PROJECT'),
 # written to experiments/report/ and between the report markers of experiments/RESULTS.md

@@ -98,11 +98,126 @@ def test_each_step_switches_on_alone(switch: dict, changes: set) -> None:
         assert same != (key in changes), f"{switch}: {key} {'unchanged' if same else 'changed'}"
 
 
-def test_flip_is_exact_and_shared_by_fg_and_alpha() -> None:
+@pytest.mark.parametrize("probs,dims", [((1.0, 0.0), (-1,)), ((0.0, 1.0), (-2,)), ((1.0, 1.0), (-2, -1))])
+def test_flip_is_exact_and_shared_by_fg_and_alpha(probs: tuple, dims: tuple) -> None:
     batch = layered_batch(batch=2)
-    out = MattingAugment(**{**ALL_OFF, "flip_prob": 1.0})(batch)
-    torch.testing.assert_close(out["alpha"], batch["alpha"].flip(-1), atol=0, rtol=0)
-    torch.testing.assert_close(out["fg"], batch["fg"].flip(-1), atol=0, rtol=0)
+    out = MattingAugment(**{**ALL_OFF, "flip_prob": probs[0], "vflip_prob": probs[1]})(batch)
+    torch.testing.assert_close(out["alpha"], batch["alpha"].flip(dims), atol=0, rtol=0)
+    torch.testing.assert_close(out["fg"], batch["fg"].flip(dims), atol=0, rtol=0)
+
+
+# ------------------------------------------------------------------------------ official defaults
+def test_defaults_are_the_official_pipeline(make_cfg) -> None:
+    """ViTMatte/MEMatte's RandomAffine: both axes flipped with p 0.5, no rotation below 1024 px."""
+    augment = MattingAugment()
+    assert (augment.flip_prob, augment.vflip_prob, augment.rotate_min_size) == (0.5, 0.5, 1024)
+    assert (augment.degrees, augment.scale, augment.shear) == (30.0, (0.8, 1.25), 10.0)
+    cfg = make_cfg("train", ["data=synthetic_augment"])
+    assert cfg.data.augment.vflip_prob == 0.5 and cfg.data.augment.rotate_min_size == 1024
+    with pytest.raises(ValueError, match="rotate_min_size"):
+        MattingAugment(rotate_min_size=-1)
+
+
+def flip_outcomes(out: torch.Tensor, pattern: torch.Tensor) -> torch.Tensor:
+    """(B, 2) bool (horizontal, vertical) flip per sample; each output must be an exact flip."""
+    candidates = {(h, v): pattern.flip([d for d, on in ((-1, h), (-2, v)) if on]) for h in (0, 1) for v in (0, 1)}
+    found = []
+    for sample in out:
+        hits = [key for key, flipped in candidates.items() if torch.equal(sample, flipped)]
+        assert len(hits) == 1, "output is not exactly one of the four flips"
+        found.append(hits[0])
+    return torch.tensor(found, dtype=torch.bool)
+
+
+@pytest.mark.parametrize("hprob,vprob", [(0.5, 0.5), (0.2, 0.7), (0.0, 0.5), (0.5, 0.0)])
+def test_both_flip_axes_happen_independently_at_their_probabilities(hprob: float, vprob: float) -> None:
+    count, side = 4000, 4
+    # no symmetry: each of the four flips gives a different image; fg gets its own pattern
+    alpha = (torch.arange(side * side, dtype=torch.float32) / (side * side - 1)).view(1, 1, side, side)
+    fg = torch.rand(1, 3, side, side, generator=torch.Generator().manual_seed(1))
+    batch = {"fg": fg.expand(count, -1, -1, -1), "bg": torch.zeros(count, 3, side, side),
+             "alpha": alpha.expand(count, -1, -1, -1)}
+    augment = MattingAugment(**{**ALL_OFF, "flip_prob": hprob, "vflip_prob": vprob})
+    out = augment(batch, torch.Generator().manual_seed(11))
+    flips = flip_outcomes(out["alpha"], alpha[0])
+    # fg and alpha always get the same flip
+    assert torch.equal(flip_outcomes(out["fg"], fg[0]), flips)
+    rate_h, rate_v = flips.float().mean(dim=0).tolist()
+    both = (flips[:, 0] & flips[:, 1]).float().mean().item()
+    tol = 0.035  # > 4 standard deviations at 4000 samples
+    assert abs(rate_h - hprob) < tol and abs(rate_v - vprob) < tol
+    assert abs(both - hprob * vprob) < tol  # independent axes
+    if hprob == 0 or vprob == 0:  # a disabled axis never flips
+        assert (rate_h == 0) == (hprob == 0) and (rate_v == 0) == (vprob == 0)
+
+
+def bar_batch(sizes: list[float], key: str = "source_extent", side: int = 64) -> dict:
+    """Thin horizontal bar through the centre: its orientation after the warp is the rotation."""
+    alpha = torch.zeros(len(sizes), 1, side, side)
+    alpha[:, :, side // 2 - 2 : side // 2 + 2, 12 : side - 12] = 1.0
+    fg = torch.rand(len(sizes), 3, side, side, generator=torch.Generator().manual_seed(0))
+    return {"fg": fg, "bg": torch.zeros_like(fg), "alpha": alpha, key: torch.tensor(sizes, dtype=torch.float64)}
+
+
+def orientation_deg(alpha: torch.Tensor) -> torch.Tensor:
+    """(B,) angle of the principal axis of each alpha mass (second moments), in degrees."""
+    _, _, height, width = alpha.shape
+    rows, cols = torch.arange(height, dtype=torch.float64), torch.arange(width, dtype=torch.float64)
+    yy, xx = torch.meshgrid(rows, cols, indexing="ij")
+    w = alpha[:, 0].double()
+    mass = w.sum(dim=(1, 2))
+    my, mx = (w * yy).sum(dim=(1, 2)) / mass, (w * xx).sum(dim=(1, 2)) / mass
+    dy, dx = yy - my[:, None, None], xx - mx[:, None, None]
+    mu20, mu02, mu11 = ((w * f).sum(dim=(1, 2)) / mass for f in (dx * dx, dy * dy, dx * dy))
+    return torch.rad2deg(0.5 * torch.atan2(2 * mu11, mu20 - mu02))
+
+
+# scale and shear off: the warp is a pure rotation (or exactly the identity without one)
+ROTATE_ONLY = {**ALL_OFF, "affine": True, "scale": (1.0, 1.0), "shear": 0.0, "interpolations": ["nearest"]}
+SOURCES = [512.0, 1023.0, 1024.0, 4000.0] * 6  # longer side of each sample's source
+
+
+def test_rotation_only_for_sources_of_1024_px_or_more() -> None:
+    batch = bar_batch(SOURCES)
+    out = MattingAugment(**ROTATE_ONLY)(batch, torch.Generator().manual_seed(2))
+    big = torch.tensor(SOURCES) >= 1024
+    # below 1024 px: never rotated (pure identity warp, exact with nearest)
+    assert torch.equal(out["alpha"][~big], batch["alpha"][~big])
+    assert torch.equal(out["fg"][~big], batch["fg"][~big])
+    # from 1024 px on: rotated within ±30°, both ways, by clearly non-zero angles
+    angles = orientation_deg(out["alpha"][big])
+    assert angles.abs().max() <= 31 and angles.abs().max() > 10
+    assert (angles > 1).any() and (angles < -1).any()
+    assert (angles.abs() > 0.5).float().mean() > 0.8
+
+
+def test_rotate_min_size_zero_rotates_every_sample() -> None:
+    batch = bar_batch(SOURCES)
+    gated = MattingAugment(**ROTATE_ONLY)(batch, torch.Generator().manual_seed(2))
+    always = MattingAugment(**{**ROTATE_ONLY, "rotate_min_size": 0})(batch, torch.Generator().manual_seed(2))
+    big = torch.tensor(SOURCES) >= 1024
+    # the angle stream does not depend on the gate: large sources get the very same warp
+    assert torch.equal(always["alpha"][big], gated["alpha"][big])
+    angles = orientation_deg(always["alpha"][~big])
+    assert (angles.abs() > 0.5).float().mean() > 0.8 and angles.abs().max() > 10
+    assert not torch.equal(always["alpha"][~big], batch["alpha"][~big])
+
+
+def test_rotation_gate_reads_source_size_then_extent_then_canvas() -> None:
+    gen = lambda: torch.Generator().manual_seed(2)  # noqa: E731
+    rotated = lambda out, batch: not torch.equal(out["alpha"], batch["alpha"])  # noqa: E731
+    augment = MattingAugment(**ROTATE_ONLY)
+    # source_size wins over source_extent (here: a large canvas window of a small source)
+    batch = {**bar_batch([4000.0] * 4), "source_size": torch.tensor([800.0] * 4)}
+    assert not rotated(augment(batch, gen()), batch)
+    batch = {**bar_batch([600.0] * 4), "source_size": torch.tensor([2000.0] * 4)}
+    assert rotated(augment(batch, gen()), batch)
+    # without either, the canvas is the source: 64 px
+    batch = bar_batch([0.0] * 4)
+    del batch["source_extent"]
+    assert not rotated(augment(batch, gen()), batch)
+    assert rotated(MattingAugment(**{**ROTATE_ONLY, "rotate_min_size": 64})(batch, gen()), batch)
+    assert not rotated(MattingAugment(**{**ROTATE_ONLY, "rotate_min_size": 65})(batch, gen()), batch)
 
 
 def test_affine_keeps_alpha_in_range_for_every_interpolation() -> None:
@@ -121,7 +236,8 @@ def test_fg_and_alpha_get_the_same_warp() -> None:
     # fg = alpha replicated: after the warp the fg channels must still equal alpha
     alpha = disc_alpha(40, 8, 6, batch=3)
     batch = {"fg": alpha.expand(3, 3, 40, 40).clone(), "bg": torch.zeros(3, 3, 40, 40), "alpha": alpha}
-    out = MattingAugment(**{**ALL_OFF, "affine": True, "flip_prob": 0.5}, seed=4)(batch)
+    switches = {"affine": True, "rotate_min_size": 0, "flip_prob": 0.5, "vflip_prob": 0.5}
+    out = MattingAugment(**{**ALL_OFF, **switches}, seed=4)(batch)
     for channel in range(3):
         torch.testing.assert_close(out["fg"][:, channel : channel + 1], out["alpha"], atol=1e-6, rtol=0)
 

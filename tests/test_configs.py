@@ -39,6 +39,10 @@ def test_root_configs_compose(make_cfg, root):
     [(g, o) for g, opts in GROUPS.items() for o in opts if g not in ("paths", "extras")],
 )
 def test_every_group_option_composes_and_instantiates(make_cfg, group, option, tmp_path: Path):
+    if group == "baseline":  # eval.py's group: training-free methods scored like a checkpoint
+        net = instantiate(make_cfg("eval", [f"baseline={option}"]).baseline, _convert_="all")
+        assert net.method == option and not net.is_routed
+        return
     # LTRM and routing options only act on a routed net
     routed = ["router=local_global"] if group in ("ltrm", "routing") else []
     if group == "data" and option in LAYOUTS:  # real layouts: a tiny root written as released

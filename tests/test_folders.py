@@ -183,6 +183,17 @@ def test_each_layout_composes_and_yields_train_and_test_samples(name: str, data_
     assert all(isinstance(n, str) for n in batch["name"])
 
 
+def test_train_samples_carry_the_source_size_that_gates_rotation(tmp_path: Path) -> None:
+    """Native longer side for a canvas window, the canvas side for a source resized whole
+    (the size the official affine sees when it decides whether to rotate)."""
+    write_pairs(tmp_path / "fg", tmp_path / "alpha", ["a"])
+    write_backgrounds(tmp_path / "bg")
+    layouts = [{"fg": "fg", "alpha": "alpha"}]
+    for prob, expected in ((0.0, float(max(HEIGHT, WIDTH))), (1.0, 24.0)):
+        train = FolderTrainSet(tmp_path, layouts, bg="bg", image_size=24, crop_size=16, downscale_prob=prob, seed=0)
+        assert train[0]["source_size"] == expected
+
+
 def test_composition1k_uses_the_names_file_and_both_folders(data_module, tmp_path: Path) -> None:
     make_composition1k(tmp_path)
     dm = data_module("composition1k", tmp_path)

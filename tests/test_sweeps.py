@@ -27,7 +27,9 @@ SWEPT = {
     "ablation_objective": ("routing", ["batr", "per_image", "per_layer", "fixed"]),
     "ablation_distill": ("module.distill_weight", ["1.0", "0.0"]),
     "ablation_no_ltrm": ("ltrm", ["conv", "zero"]),
+    "ablation_topk_keep": ("routing.target", ["0.1", "0.25", "0.5", "1.0"]),
 }
+SEEDS = ["1", "2"]  # every setting of every sweep (conf/sweep/_base.yaml)
 
 
 def sweep_key() -> str:
@@ -58,8 +60,9 @@ def test_sweep_sets_its_params_name_and_dir(make_cfg, name):
     cfg = make_cfg("train", [f"{sweep_key()}={name}"])
     key, values = SWEPT[name]
     params = OmegaConf.to_container(cfg.hydra.sweeper.params)
-    assert list(params) == [key]
-    assert [job[key] for job in sweep_jobs(params)] == values
+    assert sorted(params) == sorted([key, "seed"])
+    jobs = sweep_jobs(params)
+    assert sorted((job[key], job["seed"]) for job in jobs) == sorted((v, s) for v in values for s in SEEDS)
     # the base of every ablation is MEMatte (the sweep switches the tiny ViTMatte default)
     assert cfg.router is not None or name == "ablation_router"
     assert cfg.sweep_name == name and name in cfg.tags
@@ -73,15 +76,21 @@ def test_sweep_sets_its_params_name_and_dir(make_cfg, name):
     assert cfg.hydra.sweep.subdir == "0"  # ${hydra.job.num}
 
 
-def test_sweeps_total_25_jobs(make_cfg):
+def test_sweeps_total_29_settings_with_two_seeds_each(make_cfg):
     counts = {}
     for name in SWEEPS:
         cfg = make_cfg("train", [f"{sweep_key()}={name}"])
         counts[name] = len(sweep_jobs(OmegaConf.to_container(cfg.hydra.sweeper.params)))
     assert counts == {
-        "ablation_router": 7, "ablation_ltrm": 6, "ablation_keep_ratio": 4,
-        "ablation_objective": 4, "ablation_distill": 2, "ablation_no_ltrm": 2,
+        "ablation_router": 14, "ablation_ltrm": 12, "ablation_keep_ratio": 8, "ablation_objective": 8,
+        "ablation_distill": 4, "ablation_no_ltrm": 4, "ablation_topk_keep": 8,
     }
+
+
+def test_topk_keep_sweep_fixes_the_share_of_every_block(make_cfg):
+    cfg = make_cfg("train", [f"{sweep_key()}=ablation_topk_keep", "routing.target=1.0"])
+    assert cfg.routing.mode == "fixed" and cfg.backbone.global_block.selection == "topk"
+    assert cfg.backbone.global_block.keep_ratio == 1.0 and cfg.sweep_value == "keep1.0"
 
 
 @pytest.mark.parametrize("name", SWEEPS)
@@ -101,7 +110,7 @@ def test_each_job_composes_and_labels_itself(make_cfg, name):
     for value in values:
         cfg = make_cfg("train", [f"{sweep_key()}={name}", f"{key}={value}"])
         assert str(cfg.sweep_value).endswith(value)
-        assert cfg.logger.wandb.name == f"{name}-{cfg.sweep_value}"
+        assert cfg.logger.wandb.name == f"{name}-{cfg.sweep_value}-seed{cfg.seed}"
     # the last job's net builds (e.g. router=none → ViTMatte, ltrm=zero → no refiner)
     from hydra.utils import instantiate
 
@@ -113,7 +122,8 @@ def test_each_job_composes_and_labels_itself(make_cfg, name):
 def test_sweeps_combine_with_experiments(make_cfg, experiment):
     tiny = experiment == "tiny_cpu"
     cfg = make_cfg("train", [f"experiment={experiment}", f"{sweep_key()}=ablation_keep_ratio"], tiny=tiny)
-    assert OmegaConf.to_container(cfg.hydra.sweeper.params) == {"routing.target": "0.1,0.25,0.5,0.75"}
+    assert OmegaConf.to_container(cfg.hydra.sweeper.params) == {"routing.target": "0.1,0.25,0.5,0.75",
+                                                                 "seed": "1,2"}
     assert cfg.router._target_.endswith("LocalGlobalRouter")
     if tiny:
         assert cfg.backbone.embed_dim == 192 and cfg.trainer.accelerator == "cpu"
@@ -254,21 +264,34 @@ def test_slurm_launcher_writes_the_sbatch_script(make_cfg, tmp_path, monkeypatch
         assert f"#SBATCH {line}" in script, script
 
 
-def test_make_sweep_runs_every_sweep_from_one_teacher():
-    """`make sweep` (dry run): a ViTMatte teacher first, then each sweep of conf/sweep/ from it."""
+def test_make_ablate_trains_the_teacher_then_runs_every_sweep_from_it():
+    """`make ablate` (dry run): the ViTMatte teacher first, then experiments/ablate.sh, which
+    runs each sweep from the teacher's best checkpoint, and the baselines, in parallel lanes."""
     import shutil
 
     if shutil.which("make") is None:
         pytest.skip("no make")
-    proc = subprocess.run(["make", "-n", "-o", ".venv/.installed", "-W", "conf/experiment/tiny_sweep.yaml", "sweep"],
+    proc = subprocess.run(["make", "-n", "-o", ".venv/.installed", "-W", "conf/experiment/ablate_cpu.yaml",
+                           "ablate", "ABLATE_DIR=/nonexistent/ablate"],
                           cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     text = proc.stdout
-    teacher = text.index("train.py experiment=tiny_sweep")
-    assert "-m experiment=tiny_sweep" not in text[:teacher]
-    for name in SWEEPS:
-        assert name in text.split("for s in", 1)[1].split(";", 1)[0], name
-    assert f"{sweep_key()}=$s init_from=$teacher teacher.ckpt=$teacher" in text
+    teacher = text.index("train.py experiment=ablate_cpu_teacher hydra.run.dir=/nonexistent/ablate/teacher")
+    assert text.index("experiments/ablate.sh") > teacher
+    assert "ABLATE_LANES=2" in text
+    sweeps = text.split('ABLATE_SWEEPS="', 1)[1].split('"', 1)[0].split()
+    assert sorted(sweeps) == sorted(s for s in SWEEPS if s != "ablation_no_ltrm")  # no_ltrm ⊂ ltrm
+    script = (ROOT / "experiments" / "ablate.sh").read_text()
+    assert 'sweep="$item" init_from="$teacher" teacher.ckpt="$teacher"' in script
+    assert 'eval.py baseline="$b" split="$split"' in script
+
+
+def test_ablate_script_refuses_to_run_without_a_teacher(tmp_path):
+    env = {**os.environ, "ABLATE_DIR": str(tmp_path), "PYTHON": sys.executable}
+    proc = subprocess.run(["bash", str(ROOT / "experiments" / "ablate.sh")], env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 1
+    assert "no teacher checkpoint" in proc.stderr and "make ablate" in proc.stderr
 
 
 # ------------------------------------------------------------------------------ real runs
@@ -282,9 +305,11 @@ def run_train(args: list[str], cwd: Path, timeout: int = 900) -> subprocess.Comp
 
 @pytest.mark.slow
 def test_multirun_sweep_runs_every_job(tmp_path):
-    """`python train.py -m +sweep=ablation_no_ltrm`: 2 jobs, each with its own metrics.json."""
+    """`python train.py -m sweep=ablation_no_ltrm` with one seed: 2 jobs, each with its own
+    metrics.json, the test split scored under both inference rules."""
     sweep_dir = tmp_path / "sweep"
     run_train(["-m", "experiment=tiny_cpu", f"{sweep_key()}=ablation_no_ltrm", *TINY_TRAIN,
+               "hydra.sweeper.params.seed=7", "test_inference_rules=[argmax,expected]",
                f"hydra.sweep.dir={sweep_dir}"], cwd=tmp_path)
     jobs = sorted(p for p in sweep_dir.iterdir() if p.is_dir())
     assert [j.name for j in jobs] == ["0", "1"]
@@ -293,7 +318,11 @@ def test_multirun_sweep_runs_every_job(tmp_path):
         assert summary["global_step"] == 2 and set(summary["test"]) >= {"sad", "mse", "grad", "conn"}
         assert f"ltrm={ltrm}" in OmegaConf.load(job / ".hydra" / "overrides.yaml")
         assert summary["config"]["sweep_name"] == "ablation_no_ltrm"
-        assert summary["config"]["sweep_value"] == ltrm
+        assert summary["config"]["sweep_value"] == ltrm and summary["config"]["seed"] == 7
+        # argmax is the configured rule: its entry is the run's own test metrics
+        assert set(summary["test_rules"]) == {"argmax", "expected"}
+        assert summary["test_rules"]["argmax"] == summary["test"]
+        assert set(summary["test_rules"]["expected"]) >= {"sad", "mse", "grad", "conn"}
     assert (sweep_dir / "multirun.yaml").is_file()
 
 

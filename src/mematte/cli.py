@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import time
 import warnings
@@ -17,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from mematte.atomic import atomic_write_text
 from mematte.checkpoints import build_net, init_net_from, net_from_weights, read_weights
 from mematte.inference import configure_routed_inference
+from mematte.models.routed_block import INFERENCE_RULES
 
 if TYPE_CHECKING:
     import lightning as L
@@ -28,13 +30,18 @@ log = logging.getLogger("mematte")
 
 # --------------------------------------------------------------------------- helpers
 def apply_extras(cfg: DictConfig) -> None:
-    """Run-wide settings: W&B mode default, warnings, config printout."""
+    """Run-wide settings: W&B mode default, warnings, CPU threads, config printout."""
     extras = cfg.get("extras") or {}
     # W&B has no server on many research machines: offline unless the user asked otherwise.
     os.environ.setdefault("WANDB_MODE", str(extras.get("wandb_mode", "offline")))
     os.environ.setdefault("WANDB_SILENT", "true")
     if extras.get("ignore_warnings"):
         warnings.filterwarnings("ignore")
+    if extras.get("threads"):
+        import torch
+
+        # CPU intra-op threads; parallel lanes of small jobs (make ablate) run one thread each
+        torch.set_num_threads(int(extras.threads))
     if extras.get("print_config"):
         print_config(cfg)
 
@@ -60,9 +67,20 @@ def instantiate_list(cfg: DictConfig | None) -> list[Any]:
     return [instantiate(c) for c in cfg.values() if c is not None and "_target_" in c]
 
 
+def _strict_json(value: Any) -> Any:
+    """NaN/inf (e.g. an enrichment when no token was kept) → null: strict JSON has no NaN."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict_json(v) for v in value]
+    return value
+
+
 def write_json(path: Path, payload: dict[str, Any]) -> None:
-    """Write JSON atomically (temp file + rename), so a crash never leaves half a file."""
-    atomic_write_text(path, json.dumps(payload, indent=2, sort_keys=True) + "\n")
+    """Write strict JSON atomically (temp file + rename), so a crash never leaves half a file."""
+    atomic_write_text(path, json.dumps(_strict_json(payload), indent=2, sort_keys=True, allow_nan=False) + "\n")
 
 
 def scalar_metrics(metrics: dict[str, Any], prefix: str) -> dict[str, float]:
@@ -160,8 +178,27 @@ def train(cfg: DictConfig) -> float | None:
         best_score = getattr(ckpt_cb, "best_model_score", None) if ckpt_cb is not None else None
 
         if cfg.get("test"):
+            rules = _rules_to_test(cfg, module.net)
+            by_rule: dict[str, dict[str, float]] = {}
+            if rules:
+                # the test split under each other inference rule of the learned routers; the
+                # configured rule runs last, so loggers end on the run's own test metrics
+                configured = module.net.backbone.routed_blocks[0].inference
+                for rule in (r for r in rules if r != configured):
+                    configure_routed_inference(module.net, inference=rule)
+                    trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False)
+                    by_rule[rule] = scalar_metrics(trainer.callback_metrics, "test/")
+                configure_routed_inference(module.net, inference=configured)
             trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False)
             summary["test"] = scalar_metrics(trainer.callback_metrics, "test/")
+            if rules:
+                summary["test_rules"] = {r: by_rule.get(r, summary["test"]) for r in rules}
+                # loggers saw every rule's test under test/… (the configured one last): give
+                # them each rule's figures under their own names too (W&B summaries, reports)
+                flat = {f"test_rules/{r}/{k}": v for r, values in summary["test_rules"].items()
+                        for k, v in values.items() if math.isfinite(v)}
+                for logger in trainer.loggers:
+                    logger.log_metrics(flat, step=trainer.global_step)
 
         if trainer.is_global_zero:
             write_json(output_dir / "metrics.json", summary)
@@ -179,6 +216,19 @@ def train(cfg: DictConfig) -> float | None:
     finally:
         _finish_wandb(loggers)
         plan.release()
+
+
+def _rules_to_test(cfg: DictConfig, net: Any) -> list[str]:
+    """Inference rules (``test_inference_rules``) to score the test split under, besides the
+    run's own: only for nets whose routers learn their token counts (``selection: gumbel``)."""
+    rules = list(cfg.get("test_inference_rules") or [])
+    for rule in rules:
+        if rule not in INFERENCE_RULES:
+            raise ValueError(f"test_inference_rules: {rule!r} is not a rule; choose from {list(INFERENCE_RULES)}")
+    blocks = getattr(net.backbone, "routed_blocks", [])
+    if not blocks or any(block.selection != "gumbel" for block in blocks):
+        return []
+    return rules
 
 
 def _log_run_config(loggers: list[Any], cfg: DictConfig) -> None:
@@ -336,6 +386,11 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     The JSON goes to this run's output dir and next to the checkpoint's run
     (``<run>/eval/<data>_<split>.json``). Returns the metrics (SAD, MSE, Grad, Conn, kept
     ratios for MEMatte, forward-pass ``latency_s`` and ``peak_mib`` per image).
+
+    With ``baseline=NAME`` (``conf/baseline/``: closed_form, knn, lkm, fill_half) a
+    training-free classical method (:mod:`mematte.baselines`) is scored instead, by the same
+    test loop and metrics; ``ckpt_path`` is then not used, and the JSON (this run's output dir
+    only) carries ``"baseline": NAME`` and ``"checkpoint": null``.
     """
     return _evaluate(cfg)["metrics"]
 
@@ -351,13 +406,36 @@ def _evaluate(cfg: DictConfig) -> dict[str, Any]:
     L.seed_everything(cfg.seed, workers=True)
     if cfg.split not in ("test", "val"):
         raise ValueError(f"split={cfg.split!r}: choose test or val")
-    ckpt_path = Path(cfg.ckpt_path)
-    # ours, an official ViTMatte/MEMatte .pth or a Hugging Face folder (mematte.checkpoints);
-    # read once: the format and the step come with the weights
-    weights = read_weights(ckpt_path)
-    net = net_from_weights(weights)
-    ours = weights.format == "mematte"
-    configure_routed_inference(net, **(cfg.get("routed_inference") or {}))
+    # routing overrides change the model: keep their results apart from the plain ones
+    overrides = {k: v for k, v in (cfg.get("routed_inference") or {}).items() if v is not None}
+    has_ckpt = not OmegaConf.is_missing(cfg, "ckpt_path") and cfg.get("ckpt_path") is not None
+    baseline = None
+    if cfg.get("baseline") is not None:  # a training-free method (mematte.baselines) in place of a net
+        if has_ckpt:
+            raise ValueError(
+                f"ckpt_path={cfg.ckpt_path} and baseline= both given: score either a checkpoint or a baseline"
+            )
+        baseline = choice("baseline") or str(cfg.baseline.get("method"))
+        net = instantiate(cfg.baseline, _convert_="all")
+        ckpt_path = weights = None
+        ours = False
+        if overrides:
+            log.warning("routed_inference options are set but baseline=%s routes nothing: ignored", baseline)
+            overrides = {}
+    elif not has_ckpt:
+        raise ValueError(
+            "ckpt_path is required: `python eval.py ckpt_path=PATH` (a .ckpt of ours, an official "
+            "ViTMatte/MEMatte .pth or a Hugging Face folder), or score a training-free method with "
+            "`baseline=closed_form` (or knn, lkm, fill_half)"
+        )
+    else:
+        ckpt_path = Path(cfg.ckpt_path)
+        # ours, an official ViTMatte/MEMatte .pth or a Hugging Face folder (mematte.checkpoints);
+        # read once: the format and the step come with the weights
+        weights = read_weights(ckpt_path)
+        net = net_from_weights(weights)
+        ours = weights.format == "mematte"
+        configure_routed_inference(net, **(cfg.get("routed_inference") or {}))
     module = MattingModule(net=net, eval_region=cfg.eval_region)
 
     # only the scored split is built: evaluating needs neither the training data (nor its
@@ -384,18 +462,17 @@ def _evaluate(cfg: DictConfig) -> dict[str, Any]:
 
     data_name = choice("data") or "data"
     payload = {
-        "checkpoint": str(ckpt_path.resolve()),
+        "checkpoint": str(ckpt_path.resolve()) if ckpt_path is not None else None,
+        "baseline": baseline,
         "data": data_name,
         "split": cfg.split,
         "region": cfg.eval_region,
         "num_images": scored,
         "metrics": metrics,
         "seconds": seconds,
-        "checkpoint_step": weights.step,
+        "checkpoint_step": weights.step if weights is not None else None,
         "skipped": skipped,
     }
-    # routing overrides change the model: keep their results apart from the plain ones
-    overrides = {k: v for k, v in (cfg.get("routed_inference") or {}).items() if v is not None}
     payload["routed_inference"] = overrides
     write_json(Path(cfg.paths.output_dir) / "metrics.json", payload)
     if ours:  # next to the training run (<run>/checkpoints/x.ckpt → <run>/eval/), for reports

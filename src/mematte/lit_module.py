@@ -1,7 +1,11 @@
 """LightningModule wiring the matting net, its losses, metrics and optimisation.
 
 For MEMatte it also carries the routing objective (keep-ratio loss and schedule), the frozen
-distillation teacher, and per-block kept-ratio logging in training, validation and test.
+distillation teacher, and per-block routing statistics: kept ratios and the spread of
+p(global) in training; in validation and test :class:`~mematte.metrics.RoutingStats` (kept
+ratios under the used/argmax/expected rules, p(global) mean and std, unknown-region
+enrichment), logged as ``<stage>/<stat>`` (pooled over the routed blocks) and
+``<stage>/<stat>/block<i>``.
 
 Numeric faults: a step whose loss or gradients are not finite is skipped (no parameter,
 optimiser-state or BatchNorm-statistics change), counted (``train/nonfinite_steps``) and
@@ -26,7 +30,7 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
 from mematte.losses import KeepRatioLoss, MattingLoss, distillation_loss
-from mematte.metrics import KeepRatio, MattingMetrics
+from mematte.metrics import MattingMetrics, RoutingStats
 from mematte.models.matting_net import MattingNet, MattingOutput, clamp_to_trimap
 from mematte.models.vit import RoutingInfo
 from mematte.optim import param_groups
@@ -129,9 +133,9 @@ class MattingModule(LightningModule):
         self.routed_block_indexes = net.backbone.routed_block_indexes
         self.val_metrics = MattingMetrics(region=eval_region).clone(prefix="val/")
         self.test_metrics = MattingMetrics(region=eval_region).clone(prefix="test/")
-        # Kept ratios at inference (argmax decisions), token-weighted over the split.
-        self.val_keep = self._keep_ratio_meters()
-        self.test_keep = self._keep_ratio_meters()
+        # Routing statistics at inference, token-weighted over the split ("mean" pools the blocks).
+        self.val_routing = self._routing_meters()
+        self.test_routing = self._routing_meters()
         # "<file>: <reason>" of evaluation samples that could not be read (on_bad_file: skip)
         self.skipped_samples: list[str] = []
         # numeric-fault bookkeeping (see on_before_optimizer_step)
@@ -151,9 +155,9 @@ class MattingModule(LightningModule):
             buf for m in self.net.modules() if isinstance(m, nn.modules.batchnorm._NormBase) for buf in m.buffers()
         ]
 
-    def _keep_ratio_meters(self) -> nn.ModuleDict:
+    def _routing_meters(self) -> nn.ModuleDict:
         names = ["mean"] + [f"block{i}" for i in self.routed_block_indexes]
-        return nn.ModuleDict({n: KeepRatio() for n in names}) if self.routed_block_indexes else nn.ModuleDict()
+        return nn.ModuleDict({n: RoutingStats() for n in names}) if self.routed_block_indexes else nn.ModuleDict()
 
     def train(self, mode: bool = True) -> "MattingModule":
         super().train(mode)
@@ -217,24 +221,35 @@ class MattingModule(LightningModule):
         self.log("train/loss", losses["loss"], prog_bar=True, batch_size=batch_size)
         logged = {f"train/{k}": v for k, v in losses.items() if k != "loss"}
         if out.routing:
-            logged.update(self._keep_ratios("train", out.routing))
+            logged.update(self._batch_routing_stats("train", out.routing))
             if self.routing is not None:
                 targets = self.routing.targets(self.global_step, len(out.routing))
                 logged["train/keep_ratio_target"] = sum(targets) / len(targets)
         self.log_dict(logged, batch_size=batch_size)
         return losses["loss"]
 
-    def _keep_ratios(self, stage: str, routing: list[RoutingInfo]) -> dict[str, Tensor]:
-        """Batch-average share of tokens sent to global attention, per routed block and mean."""
-        ratios = {
+    def _batch_routing_stats(self, stage: str, routing: list[RoutingInfo]) -> dict[str, Tensor]:
+        """Cheap routing statistics of one batch, from its (sampled) decisions and log-probs.
+
+        ``<stage>/keep_ratio/block<i>`` and their mean ``<stage>/keep_ratio``: share of tokens
+        sent to global attention; ``<stage>/p_global_std``: standard deviation of p(global) over
+        the tokens of all routed blocks together (as ``val/p_global_std`` pools them).
+        """
+        stats = {
             f"{stage}/keep_ratio/block{i}": info.decision.detach().float().mean()
             for i, info in zip(self.routed_block_indexes, routing)
         }
-        ratios[f"{stage}/keep_ratio"] = torch.stack(list(ratios.values())).mean()
-        return ratios
+        stats[f"{stage}/keep_ratio"] = torch.stack(list(stats.values())).mean()
+        log_probs = [info.log_probs for info in routing if info.log_probs is not None]
+        if log_probs:
+            p_global = torch.cat([lp.detach()[..., 0].float().exp().flatten() for lp in log_probs])
+            stats[f"{stage}/p_global_std"] = p_global.std(correction=0)
+        return stats
 
     # ------------------------------------------------------------------ evaluation
-    def _evaluate_batch(self, batch: Batch, metrics: MattingMetrics, keep: nn.ModuleDict) -> dict[str, Any] | None:
+    def _evaluate_batch(
+        self, batch: Batch, metrics: MattingMetrics, routing: nn.ModuleDict
+    ) -> dict[str, Any] | None:
         """Score a batch at full resolution, alpha clamped to the trimap's known regions.
 
         Returns the clamped alpha (B, 1, H, W) and the routing decisions, for callbacks
@@ -249,31 +264,39 @@ class MattingModule(LightningModule):
         alpha = clamp_to_trimap(out.alpha, batch["trimap"])
         metrics.update(alpha, batch["alpha"], batch["trimap"])
         if out.routing:
+            unknown = self.net.token_unknown_share(batch["trimap"])  # (B, h·w), the routing grid
             for i, info in zip(self.routed_block_indexes, out.routing):
-                keep[f"block{i}"].update(info.decision)
-            keep["mean"].update(torch.cat([info.decision for info in out.routing], dim=1))
+                # "mean" pools every block's tokens (per-block rules stay per block)
+                for meter in (routing[f"block{i}"], routing["mean"]):
+                    meter.update(info.decision, info.log_probs, unknown)
         return {"alpha": alpha.detach(), "routing": out.routing}
 
-    def _log_evaluation(self, stage: str, metrics: MattingMetrics, keep: nn.ModuleDict) -> None:
+    def _log_evaluation(self, stage: str, metrics: MattingMetrics, routing: nn.ModuleDict) -> None:
         values = dict(metrics.compute())
-        for name, meter in keep.items():
-            key = f"{stage}/keep_ratio" if name == "mean" else f"{stage}/keep_ratio/{name}"
-            values[key] = meter.compute()
+        stats: dict[str, Tensor] = {}
+        for name, meter in routing.items():
+            suffix = "" if name == "mean" else f"/{name}"
+            stats.update({f"{stage}/{stat}{suffix}": value for stat, value in meter.compute().items()})
             meter.reset()
+        # the progress bar gets the matting metrics and the pooled kept ratio only
+        if f"{stage}/keep_ratio" in stats:
+            values[f"{stage}/keep_ratio"] = stats.pop(f"{stage}/keep_ratio")
         self.log_dict(values, prog_bar=stage == "val", sync_dist=False)
+        if stats:
+            self.log_dict(stats, sync_dist=False)
         metrics.reset()
 
     def validation_step(self, batch: Batch, batch_idx: int) -> dict[str, Any] | None:
-        return self._evaluate_batch(batch, self.val_metrics, self.val_keep)
+        return self._evaluate_batch(batch, self.val_metrics, self.val_routing)
 
     def on_validation_epoch_end(self) -> None:
-        self._log_evaluation("val", self.val_metrics, self.val_keep)
+        self._log_evaluation("val", self.val_metrics, self.val_routing)
 
     def test_step(self, batch: Batch, batch_idx: int) -> dict[str, Any] | None:
-        return self._evaluate_batch(batch, self.test_metrics, self.test_keep)
+        return self._evaluate_batch(batch, self.test_metrics, self.test_routing)
 
     def on_test_epoch_end(self) -> None:
-        self._log_evaluation("test", self.test_metrics, self.test_keep)
+        self._log_evaluation("test", self.test_metrics, self.test_routing)
 
     # ------------------------------------------------------------------ numeric faults
     def on_before_optimizer_step(self, optimizer: Optimizer) -> None:

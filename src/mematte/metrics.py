@@ -1,4 +1,4 @@
-"""Alpha-matting evaluation metrics: SAD, MSE, Grad and Conn.
+"""Alpha-matting evaluation metrics: SAD, MSE, Grad and Conn; routing statistics of MEMatte.
 
 The per-image functions reproduce the MATLAB evaluation code released with Deep Image Matting
 (Xu et al., 2017: ``compute_sad_loss.m``, ``compute_mse_loss.m``, ``compute_gradient_loss.m``,
@@ -16,6 +16,10 @@ reports it ×1000.
 The torchmetrics classes take float tensors ``(B, 1, H, W)`` in [0, 1] (trimap in {0, 0.5, 1}),
 quantise them and average the per-image values over every image seen (DDP-safe sum/count).
 
+:class:`RoutingStats` summarises what MEMatte's routers do over a split (kept shares under
+each inference rule, how decided the routers are, and whether kept tokens concentrate on the
+trimap's unknown region).
+
 Note on Conn: the widely copied Python port (GCA-Matting ``evaluate.py``) picks the largest
 label *including the background*, which gives values several times off. Here Ω is the largest
 4-connected *foreground* component, as in MATLAB's ``bwconncomp``.
@@ -29,6 +33,8 @@ import numpy as np
 import torch
 from scipy import ndimage
 from torchmetrics import Metric, MetricCollection
+
+from mematte.models.routed_block import argmax_rule, expected_rule
 
 __all__ = [
     "REGIONS",
@@ -44,6 +50,8 @@ __all__ = [
     "Grad",
     "Conn",
     "MattingMetrics",
+    "ROUTING_STATS",
+    "RoutingStats",
 ]
 
 REGIONS: tuple[str, ...] = ("unknown", "all")
@@ -444,32 +452,114 @@ class MattingMetrics(MetricCollection):
         )
 
 
-class KeepRatio(Metric):
-    """Share of tokens a routed block sends to global attention, over a whole split.
+ROUTING_STATS: tuple[str, ...] = (
+    "keep_ratio",
+    "keep_ratio_argmax",
+    "keep_ratio_expected",
+    "p_global_mean",
+    "p_global_std",
+    "enrichment",
+    "enrichment_argmax",
+    "enrichment_expected",
+)
+"""Names of :class:`RoutingStats`' values (log keys ``<stage>/<name>[/block<i>]``)."""
 
-    Token-weighted (total routed / total tokens), so large images count per token as they do
-    in memory and latency. States are summed across processes.
+# decision sets scored by RoutingStats: suffix → rule (None = the decisions the block used)
+_DECISION_SETS: dict[str, Callable[[torch.Tensor], torch.Tensor] | None] = {
+    "": None,
+    "_argmax": argmax_rule,
+    "_expected": expected_rule,
+}
+
+
+class RoutingStats(Metric):
+    """Token-level statistics of a routed block's router over a whole split.
+
+    Update once per routed block and batch (several blocks may feed one meter: their tokens
+    are pooled, as if concatenated). Every value is token-weighted (sums over all tokens of the
+    split, so large images count per token as they do in memory and latency); the float64 sum
+    states are summed across processes. :meth:`compute` returns float64 scalars:
+
+    - ``keep_ratio``: share of tokens the block sent to global attention (the decisions it
+      used: its inference rule, ``max_tokens`` cap included); ``keep_ratio_argmax`` /
+      ``keep_ratio_expected``: the share :func:`~mematte.models.routed_block.argmax_rule` /
+      :func:`~mematte.models.routed_block.expected_rule` would keep (no cap), whichever rule
+      the block used. 0 before any update.
+    - ``p_global_mean``, ``p_global_std``: mean and (population) standard deviation of
+      p(global) = ``exp(log_probs[..., 0])`` over all tokens. A small std means an undecided
+      router (e.g. p ≈ 0.3 ± 0.02 everywhere after short training: argmax keeps nothing).
+    - ``enrichment``, ``enrichment_argmax``, ``enrichment_expected``: how much the kept
+      tokens are concentrated on the trimap's unknown region, for each of the three decision
+      sets: ``(Σ_kept u / Σ_kept 1) / (Σ_all u / Σ_all 1)`` with ``u`` ∈ [0, 1] a token's
+      unknown share (:func:`~mematte.models.matting_net.token_unknown_share`). A router
+      blind to the trimap scores 1 in expectation; > 1 means detail regions go to global
+      attention more than the rest; ``1 / (Σ_all u / Σ_all 1)`` is the maximum (kept =
+      exactly the unknown tokens).
+
+    Undefined values are NaN, not a made-up number: the p statistics before any update, and an
+    enrichment when the set keeps no token or the split has no unknown pixel. Lightning, the
+    CSV logger (``nan``), W&B and ``metrics.json`` (Python's ``json`` writes and reads ``NaN``)
+    carry NaN through; the report skips non-finite values.
     """
 
     is_differentiable = False
     higher_is_better = None
     full_state_update = False
 
-    routed: torch.Tensor
     tokens: torch.Tensor
+    unknown: torch.Tensor
+    p_sum: torch.Tensor
+    p_sq_sum: torch.Tensor
 
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
-        self.add_state("routed", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("tokens", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        names = ["tokens", "unknown", "p_sum", "p_sq_sum"]
+        names += [f"{kind}{suffix}" for suffix in _DECISION_SETS for kind in ("kept", "kept_unknown")]
+        for name in names:
+            self.add_state(name, default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
 
-    def update(self, decision: torch.Tensor) -> None:
-        """decision: (B, N) hard decisions, 1 = global attention."""
-        decision = decision.detach().to(torch.float64)
+    def update(self, decision: torch.Tensor, log_probs: torch.Tensor, unknown: torch.Tensor) -> None:
+        """Add one routed block's tokens of a batch.
+
+        Args:
+            decision: (B, N) decisions used, 1 = global attention (> 0.5 counts as kept, so
+                straight-through training decisions work too).
+            log_probs: (B, N, 2) router log-probabilities, index 0 = global attention.
+            unknown: (B, N) unknown share of each token in [0, 1].
+        """
+        if decision.ndim != 2 or log_probs.shape != (*decision.shape, 2) or unknown.shape != decision.shape:
+            raise ValueError(
+                "expected decision (B, N), log_probs (B, N, 2) and unknown (B, N), got "
+                f"{tuple(decision.shape)}, {tuple(log_probs.shape)}, {tuple(unknown.shape)}"
+            )
+        log_probs = log_probs.detach()
+        u = unknown.detach().to(self.tokens.device, torch.float64)
+        p = log_probs[..., 0].to(self.tokens.device, torch.float64).exp()
         # Out of place, for the same inference-tensor reason as the matting metrics.
-        self.routed = self.routed + decision.sum()
         self.tokens = self.tokens + decision.numel()
+        self.unknown = self.unknown + u.sum()
+        self.p_sum = self.p_sum + p.sum()
+        self.p_sq_sum = self.p_sq_sum + (p * p).sum()
+        for suffix, rule in _DECISION_SETS.items():
+            keep = decision.detach() > 0.5 if rule is None else rule(log_probs)
+            keep = keep.to(self.tokens.device, torch.float64)
+            setattr(self, f"kept{suffix}", getattr(self, f"kept{suffix}") + keep.sum())
+            setattr(self, f"kept_unknown{suffix}", getattr(self, f"kept_unknown{suffix}") + (keep * u).sum())
 
-    def compute(self) -> torch.Tensor:
-        """Kept share in [0, 1] (float64 scalar); 0 before any update."""
-        return self.routed / self.tokens.clamp(min=1)
+    def compute(self) -> dict[str, torch.Tensor]:
+        """``{name: float64 scalar}`` for every name of :data:`ROUTING_STATS`."""
+        nan = torch.full_like(self.tokens, float("nan"))
+        tokens = self.tokens
+        out: dict[str, torch.Tensor] = {}
+        for suffix in _DECISION_SETS:
+            out[f"keep_ratio{suffix}"] = getattr(self, f"kept{suffix}") / tokens.clamp(min=1)
+        mean = self.p_sum / tokens
+        variance = (self.p_sq_sum / tokens - mean * mean).clamp(min=0.0)
+        out["p_global_mean"] = torch.where(tokens > 0, mean, nan)
+        out["p_global_std"] = torch.where(tokens > 0, variance.sqrt(), nan)
+        for suffix in _DECISION_SETS:
+            kept, kept_unknown = getattr(self, f"kept{suffix}"), getattr(self, f"kept_unknown{suffix}")
+            defined = (kept > 0) & (self.unknown > 0)
+            # (kept_unknown / kept) / (unknown / tokens); the masked-out branch may be 0/0
+            out[f"enrichment{suffix}"] = torch.where(defined, kept_unknown * tokens / (kept * self.unknown), nan)
+        return {name: out[name] for name in ROUTING_STATS}

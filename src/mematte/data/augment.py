@@ -4,19 +4,29 @@
 
     input   "fg" (B, 3, S, S), "alpha" (B, 1, S, S), "bg" (B, 3, S, S), float in [0, 1]
             [+ "source_extent" (B,): longer side of the whole source image in canvas pixels]
+            [+ "source_size" (B,), when the dataset provides it: longer side of the source as
+               the official pipeline sees it at its affine step, in the source's own pixels
+               (rotation gate, see step 3; "source_extent" stands in for it otherwise)]
             (or "image" + "alpha" for datasets that only have composites)
     output  "image", "fg", "bg" (B, 3, C, C), "alpha" (B, 1, C, C), "trimap" (B, 1, C, C) in
             {0, 0.5, 1}, "name" passed through — the project's training sample contract.
 
-Steps, in the order of ViTMatte's ``data/dim_dataset.py`` (each one switchable):
+Steps, in the order of ViTMatte's / MEMatte's ``data/dim_dataset.py`` (each one switchable;
+the defaults are the official settings):
 
-1. merge a second foreground (p = ``merge_prob``): the partner is another sample of the batch;
-   α = 1 − (1 − α1)(1 − α2) and the colour is the exact "over" composite (the formula of
-   :func:`mematte.data.synthetic.merge_foregrounds`, here on tensors);
-2. flips (p = ``flip_prob`` horizontal, ``vflip_prob`` vertical), exact, on fg and α together;
+1. merge a second foreground (p = ``merge_prob``): the partner is another sample of the batch
+   (the official code draws it from the dataset); α = 1 − (1 − α1)(1 − α2) and the colour is
+   the exact "over" composite (the formula of :func:`mematte.data.synthetic.merge_foregrounds`,
+   here on tensors);
+2. flips, each axis independently (p = ``flip_prob`` horizontal, ``vflip_prob`` vertical, both
+   0.5 as in the official ``RandomAffine``, which flips through a negative scale), exact, on fg
+   and α together;
 3. random affine (rotation ±``degrees``, independent x/y scale in ``scale``, shear ±``shear``)
    warped once over the stacked fg + α so both get the identical transform, with an
-   interpolation mode drawn per sample from ``interpolations``; results clamped to [0, 1];
+   interpolation mode drawn per sample from ``interpolations``; results clamped to [0, 1].
+   As in the official code, only sources whose longer side is ≥ ``rotate_min_size`` (1024)
+   are rotated; scale and shear apply to every sample. The size is read per sample from
+   "source_size", else "source_extent", else the canvas side (the canvas is the whole source);
 4. trimap: pure fg (α ≥ 1 − 1e-5) and pure bg (α ≤ 1e-5) eroded by elliptical kernels of
    random size in ``trimap_kernel_range`` at ``trimap_reference_size`` px, scaled to the
    image (same recipe and kernels as :func:`mematte.data.composition.trimap_from_alpha`);
@@ -24,6 +34,9 @@ Steps, in the order of ViTMatte's ``data/dim_dataset.py`` (each one switchable):
 6. HSV jitter of the foreground (ViTMatte's ``RandomJitter``: hue ±40°, saturation / value
    shifted towards a reflected random offset scaled by their mean under α > 0);
 7. composite: image = fg·α + bg·(1 − α).
+
+Known differences from the official pipeline (partner from the batch, exact "over" colour
+of the merge, …) are listed in README.md, "Differences from the official training pipeline".
 
 Randomness: every random number is drawn on the CPU from a ``torch.Generator`` (the one
 passed to :meth:`MattingAugment.forward`, else the module's own, seeded by ``seed`` /
@@ -295,10 +308,15 @@ class MattingAugment(nn.Module):
         crop_size: side of the output crops; None keeps the canvas (no crop).
         merge_prob: probability of layering a second foreground (0 disables the step).
         flip_prob: probability of a horizontal flip (0 disables).
-        vflip_prob: probability of a vertical flip (ViTMatte/GCA's RandomAffine also flips
-            vertically with p=0.5; the paper recipe names only "flip", so 0 by default).
+        vflip_prob: probability of a vertical flip, drawn independently of the horizontal one
+            (0.5 as in ViTMatte/MEMatte's RandomAffine; 0 = horizontal flips only, this
+            module's behaviour before it followed the official pipeline).
         affine: enable the random rotation / scale / shear warp.
         degrees: rotation range ±degrees.
+        rotate_min_size: rotate only samples whose source longer side is >= this many pixels
+            (1024 as in the official RandomAffine, which sets degrees to 0 below it; scale and
+            shear still apply). Read per sample from the batch's "source_size", else
+            "source_extent", else the canvas side. 0 = rotate every sample.
         scale: (min, max) scale, drawn independently for x and y (as in ViTMatte).
         shear: shear range ±shear degrees.
         interpolations: modes the warp draws from per sample (one entry = fixed mode).
@@ -314,9 +332,10 @@ class MattingAugment(nn.Module):
         crop_size: int | None = 512,
         merge_prob: float = 0.5,
         flip_prob: float = 0.5,
-        vflip_prob: float = 0.0,
+        vflip_prob: float = 0.5,
         affine: bool = True,
         degrees: float = 30.0,
+        rotate_min_size: float = 1024,
         scale: Sequence[float] = (0.8, 1.25),
         shear: float = 10.0,
         interpolations: Sequence[str] = INTERPOLATIONS,
@@ -335,12 +354,15 @@ class MattingAugment(nn.Module):
             raise ValueError(f"trimap_kernel_range must satisfy 1 <= low < high, got {trimap_kernel_range}")
         if crop_size is not None and crop_size < 1:
             raise ValueError(f"crop_size must be >= 1 or None, got {crop_size}")
+        if rotate_min_size < 0:
+            raise ValueError(f"rotate_min_size must be >= 0 (0 = always rotate), got {rotate_min_size}")
         self.crop_size = None if crop_size is None else int(crop_size)
         self.merge_prob = float(merge_prob)
         self.flip_prob = float(flip_prob)
         self.vflip_prob = float(vflip_prob)
         self.affine = bool(affine)
         self.degrees = float(degrees)
+        self.rotate_min_size = float(rotate_min_size)
         self.scale = (float(scale[0]), float(scale[1]))
         self.shear = float(shear)
         self.interpolations = tuple(interpolations)
@@ -354,7 +376,8 @@ class MattingAugment(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"crop_size={self.crop_size}, merge_prob={self.merge_prob}, flip_prob={self.flip_prob}, "
-            f"vflip_prob={self.vflip_prob}, affine={self.affine}, jitter={self.jitter}, "
+            f"vflip_prob={self.vflip_prob}, affine={self.affine}, rotate_min_size={self.rotate_min_size:g}, "
+            f"jitter={self.jitter}, "
             f"interpolations={list(self.interpolations)}"
         )
 
@@ -403,17 +426,19 @@ class MattingAugment(nn.Module):
             "val": self._uniform(gen, size),
         }
 
+        # longer side of each source: in canvas pixels (trimap kernels) and as the official
+        # pipeline measures it before its affine (rotation gate); the canvas when not given
+        extents = self._per_sample(batch.get("source_extent"), float(max(height, width)), size)
+        given = batch.get("source_size")
+        source_sizes = extents if given is None else self._per_sample(given, 0.0, size)
+
         if layered and self.merge_prob > 0:
             fg, alpha = self._merge(fg, alpha, draws)
         fg, alpha = self._flip(fg, alpha, draws)
         if self.affine:
-            fg, alpha = self._warp(fg, alpha, draws)
+            rotate = torch.tensor([s >= self.rotate_min_size for s in source_sizes])
+            fg, alpha = self._warp(fg, alpha, draws, rotate)
 
-        extent = batch.get("source_extent")
-        if extent is None:  # the canvas is the whole source
-            extents = [float(max(height, width))] * size
-        else:
-            extents = [float(e) for e in torch.as_tensor(extent).tolist()]
         kernel_scale = [e / self.trimap_reference_size for e in extents]
         fg_sizes = [max(1, round(int(k) * s)) for k, s in zip(draws["kernels"][:, 0], kernel_scale)]
         bg_sizes = [max(1, round(int(k) * s)) for k, s in zip(draws["kernels"][:, 1], kernel_scale)]
@@ -443,6 +468,16 @@ class MattingAugment(nn.Module):
         return out
 
     # -------------------------------------------------------------------------- helpers
+    @staticmethod
+    def _per_sample(value: Any, default: float, size: int) -> list[float]:
+        """A per-sample size from the batch as B floats (``default`` for every sample if None)."""
+        if value is None:
+            return [default] * size
+        values = [float(v) for v in torch.as_tensor(value).reshape(-1).tolist()]
+        if len(values) != size:
+            raise ValueError(f"{len(values)} per-sample sizes for a batch of {size}")
+        return values
+
     def _merge(self, fg: Tensor, alpha: Tensor, draws: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         size = fg.shape[0]
         if size > 1:
@@ -462,11 +497,16 @@ class MattingAugment(nn.Module):
             alpha = torch.where(chosen, alpha.flip(dim), alpha)
         return fg, alpha
 
-    def _warp(self, fg: Tensor, alpha: Tensor, draws: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+    def _warp(
+        self, fg: Tensor, alpha: Tensor, draws: dict[str, Tensor], rotate: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """Random affine; ``rotate`` (B,) bool says which samples may be rotated."""
         height, width = alpha.shape[-2:]
         low, high = self.scale
+        # the angle is drawn for every sample (fixed stream) and zeroed where not rotated
+        angle = torch.where(rotate, (draws["angle"] * 2 - 1) * self.degrees, torch.zeros_like(draws["angle"]))
         matrices = affine_matrices(
-            angle_deg=(draws["angle"] * 2 - 1) * self.degrees,
+            angle_deg=angle,
             scale_xy=low + draws["scale"] * (high - low),
             shear_deg=(draws["shear"] * 2 - 1) * self.shear,
             height=height,

@@ -256,7 +256,9 @@ class FolderTrainSet(Dataset):
     Returns (``__getitem__``): "fg" and "bg" (3, S, S) float32 in [0, 1] (fg layouts) or
     "image" (3, S, S) (image layouts), "alpha" (1, S, S) float32 in [0, 1],
     "source_extent" float (longer side of the whole source in canvas pixels, scales the
-    trimap kernels), "name" str (source stem).
+    trimap kernels), "source_size" float (the source's longer side as the official affine
+    sees it: native pixels, or the canvas side for a source resized whole onto the canvas;
+    gates rotation), "name" str (source stem).
     """
 
     # Samples are raw layers: the batch must go through MattingAugment (MattingDataModule
@@ -404,13 +406,17 @@ class FolderTrainSet(Dataset):
             return np.random.default_rng([int(torch.randint(0, 2**62, (1,)).item()), index])
         return np.random.default_rng([int(self.seed), index])
 
-    def _window(self, rng: np.random.Generator, alpha: np.ndarray) -> tuple[tuple[float, float, float, float], float]:
-        """Canvas window ``(left, top, right, bottom)`` in source pixels, and the source's
-        longer side measured in canvas pixels."""
+    def _window(
+        self, rng: np.random.Generator, alpha: np.ndarray
+    ) -> tuple[tuple[float, float, float, float], float, float]:
+        """Canvas window ``(left, top, right, bottom)`` in source pixels, the source's longer
+        side measured in canvas pixels, and its longer side as the official affine sees it
+        (native pixels, or the canvas side when the whole source is resized onto the canvas:
+        the rotation gate's size)."""
         height, width = alpha.shape
         side = self.image_size
         if rng.uniform() < self.downscale_prob:
-            return (0.0, 0.0, float(width), float(height)), float(side)
+            return (0.0, 0.0, float(width), float(height)), float(side), float(side)
         ratio = 1.0  # canvas pixels per source pixel
         if self.max_side is not None and max(height, width) > self.max_side:
             ratio = self.max_side / max(height, width)
@@ -421,7 +427,7 @@ class FolderTrainSet(Dataset):
         centre_y, centre_x = divmod(flat, width)
         left = min(max(centre_x + 0.5 - span / 2, 0.0), width - span)
         top = min(max(centre_y + 0.5 - span / 2, 0.0), height - span)
-        return (left, top, left + span, top + span), max(height, width) * ratio
+        return (left, top, left + span, top + span), max(height, width) * ratio, float(max(height, width))
 
     def _resize(
         self, array: np.ndarray, box: tuple[float, float, float, float], rng: np.random.Generator
@@ -442,7 +448,7 @@ class FolderTrainSet(Dataset):
                 f"{source.alpha}: decoded size {alpha.shape} differs from {source.colour} {colour.shape[:2]} "
                 "(EXIF orientation?); re-save one of them"
             )
-        box, extent = self._window(rng, alpha)
+        box, extent, source_size = self._window(rng, alpha)
         sample: dict[str, torch.Tensor | float | str] = {
             "fg" if self.layered else "image": _to_chw(self._resize(colour, box, rng)),
             "alpha": _to_chw(self._resize(alpha, box, rng)),
@@ -455,6 +461,7 @@ class FolderTrainSet(Dataset):
             left, top, right, bottom = box
             sample["bg"] = _to_chw(self._resize(background, (left * sx, top * sy, right * sx, bottom * sy), rng))
         sample["source_extent"] = float(extent)
+        sample["source_size"] = source_size
         sample["name"] = source.name
         return sample
 

@@ -56,6 +56,31 @@ def pad_to_multiple(x: Tensor, multiple: int) -> Tensor:
     return x
 
 
+def token_unknown_share(trimap: Tensor, patch_size: int, size_divisor: int) -> Tensor:
+    """Share of each backbone token's patch that lies in the trimap's unknown region.
+
+    The token grid is the one :class:`MattingNet` feeds its backbone: the trimap zero-padded
+    bottom/right to a multiple of ``size_divisor`` (padding counts as known background, so
+    padded pixels are not unknown), cut into ``patch_size``² patches (the patch embedding's
+    stride), flattened row-major like the backbone's tokens.
+
+    Args:
+        trimap: (B, 1, H, W) in {0, 0.5, 1}; unknown = exactly 0.5 (the data contract).
+        patch_size: the backbone's patch side.
+        size_divisor: the net's padding multiple (a multiple of ``patch_size``).
+
+    Returns:
+        (B, h·w) float32 in [0, 1], ``h = Hp / patch_size``, ``w = Wp / patch_size``: the grid
+        of :class:`~mematte.models.vit.RoutingInfo`.
+    """
+    if trimap.ndim != 4 or trimap.shape[1] != 1:
+        raise ValueError(f"expected a trimap (B, 1, H, W), got {tuple(trimap.shape)}")
+    if size_divisor % patch_size:
+        raise ValueError(f"size_divisor={size_divisor} must be a multiple of patch_size={patch_size}")
+    unknown = pad_to_multiple((trimap == 0.5).float(), size_divisor)
+    return F.avg_pool2d(unknown, kernel_size=patch_size, stride=patch_size).flatten(1)
+
+
 class MattingNet(nn.Module):
     """Alpha matting network.
 
@@ -90,6 +115,10 @@ class MattingNet(nn.Module):
     def is_routed(self) -> bool:
         """True for MEMatte (some global block has a router)."""
         return len(self.backbone.routed_blocks) > 0
+
+    def token_unknown_share(self, trimap: Tensor) -> Tensor:
+        """Unknown share of each backbone token: (B, 1, H, W) → (B, h·w) (see :func:`token_unknown_share`)."""
+        return token_unknown_share(trimap, self.backbone.patch_size, self.size_divisor)
 
     def prepare_inputs(self, image: Tensor, trimap: Tensor) -> Tensor:
         """Normalise RGB, append the trimap, pad.

@@ -6,9 +6,12 @@
 Two exact ways to compute ``mixed`` for the same hard decisions:
 
 - **training** (:meth:`RoutedBlock.attend_dense`): attention over all N tokens with a key
-  mask — each query attends to the routed keys and itself — softmax in fp32. The mask is the
-  straight-through decision itself, so the router gets gradients through keys as well as
-  through the blend.
+  policy — each query attends to the routed keys and itself — softmax in fp32. The policy is
+  the straight-through decision itself, so the router gets gradients through keys as well as
+  through the blend. By default the softmax is the official ``softmax_with_policy`` formula
+  (:func:`masked_dense_attention`, ``masked_softmax="official"``), whose eps terms leave
+  dropped keys a tiny weight; ``"exact"`` is the plain masked softmax, equal to the gathered
+  path to rounding.
 - **inference** (:meth:`RoutedBlock.attend_gathered`): gather the K routed tokens, run
   attention on them alone (``scaled_dot_product_attention``: linear memory in K), scatter the
   result over the LTRM output. Unrouted tokens never enter attention.
@@ -54,35 +57,101 @@ def keep_count(num_tokens: int, keep_ratio: float) -> int:
     return min(num_tokens, max(1, round(keep_ratio * num_tokens)))
 
 
-def masked_dense_attention(q: Tensor, k: Tensor, v: Tensor, keep: Tensor, scale: float) -> Tensor:
-    """Attention where each query sees the kept keys and itself; differentiable in ``keep``.
+def argmax_rule(log_probs: Tensor) -> Tensor:
+    """The paper's inference rule: tokens with p(global) ≥ 0.5, (B, N, 2) → (B, N) bool.
 
-    ``out_i = Σ_j P_ij e^{a_ij} v_j / Σ_j P_ij e^{a_ij}`` with ``P_ij = keep_j`` (1 on the
-    diagonal). For a hard 0/1 ``keep`` this is exactly softmax over the allowed keys; with
-    straight-through values it also passes gradients to the decisions of dropped keys.
-    Computed in fp32.
+    Score ``logp0 − logp1 ≥ 0``; ties go to global attention, as argmax picks the first index.
+    No ``max_tokens`` cap (that is the block's, see :meth:`RoutedBlock.decide`).
+    """
+    return routing_scores(log_probs.float()) >= 0
+
+
+def expected_rule(log_probs: Tensor) -> Tensor:
+    """Each image's top ``round(Σ_n p(global))`` tokens by score, (B, N, 2) → (B, N) bool.
+
+    The count the Gumbel sampling of training keeps on average. No ``max_tokens`` cap.
+    """
+    log_probs = log_probs.float()
+    scores = routing_scores(log_probs)
+    counts = log_probs[..., 0].exp().sum(dim=1).round()  # (B,)
+    ranks = scores.argsort(dim=1, descending=True).argsort(dim=1)
+    return ranks < counts[:, None]
+
+
+INFERENCE_RULE_FNS: dict[str, Callable[[Tensor], Tensor]] = {"argmax": argmax_rule, "expected": expected_rule}
+"""The inference rules by name (keys = :data:`INFERENCE_RULES`): log-probs (B, N, 2) → (B, N) bool."""
+
+
+MaskedSoftmax = Literal["official", "exact"]
+MASKED_SOFTMAXES: tuple[str, ...] = ("official", "exact")
+# Official MEMatte's `softmax_with_policy` stabiliser (added to the weights and their sum)
+POLICY_EPS = 1e-6
+
+
+def policy_matrix(keep: Tensor) -> Tensor:
+    """Key policy of every query, ``P_ij = keep_j`` with the diagonal fixed at 1: (B, N) → (B, N, N).
+
+    Written as the official code does, ``p + (1 − p) · I``, so a token always sees itself and
+    its own decision gets no gradient through its own attention row.
+    """
+    p = keep[:, None, :] if keep.is_floating_point() else keep.float()[:, None, :]
+    eye = torch.eye(keep.shape[1], dtype=p.dtype, device=keep.device)
+    return p + (1.0 - p) * eye
+
+
+def masked_dense_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    keep: Tensor,
+    scale: float,
+    softmax: MaskedSoftmax = "official",
+    eps: float = POLICY_EPS,
+) -> Tensor:
+    """Training-time attention where each query sees the kept keys and itself.
+
+    With ``a = scale · q kᵀ`` and the policy ``P`` of :func:`policy_matrix`:
+
+    - ``"official"`` — MEMatte's ``softmax_with_policy`` (the formula the paper trained with):
+      ``w = exp(a − max_j a) · P`` (max over *all* keys, not detached), then
+      ``attn = (w + eps/N) / (Σ_j w + eps)``. Dropped keys keep a weight of ``eps/N`` relative
+      to the row sum; the eps terms also shape the router's straight-through gradient.
+    - ``"exact"`` — the masked softmax ``out_i = Σ_j P_ij e^{a_ij} v_j / Σ_j P_ij e^{a_ij}``:
+      for a hard 0/1 ``keep``, exactly softmax over the allowed keys (what the gathered
+      inference path computes), and differentiable in ``keep`` for the straight-through
+      decisions of dropped keys. The shift by the row maximum over all keys is a constant of
+      the ratio (detached; every exponent is ≤ 0, so nothing overflows and nothing is
+      clamped).
+
+    Both run in fp32, also under autocast. Gradients flow to q, k, v and ``keep``.
 
     Args:
         q, k, v: (B, N, D) (B may fold heads).
         keep: (B, N) decisions in {0, 1} (straight-through gradients allowed).
         scale: logit scale.
+        softmax: ``"official"`` or ``"exact"``.
+        eps: the official formula's stabiliser.
 
     Returns:
         (B, N, D) in q's dtype.
     """
+    if softmax not in MASKED_SOFTMAXES:
+        raise ValueError(f"Unknown masked softmax {softmax!r}; choose one of {list(MASKED_SOFTMAXES)}")
     n = q.shape[1]
-    # fp32 even under autocast, which would run these matmuls in fp16/bf16
+    # fp32 even under autocast, which would run these matmuls in fp16/bf16 (float64 stays
+    # float64, for gradcheck)
+    compute = torch.float64 if q.dtype == torch.float64 else torch.float32
     with torch.autocast(device_type=q.device.type, enabled=False):
-        logits = (q.float() * scale) @ k.float().transpose(-2, -1)  # (B, N, N)
-        eye = torch.eye(n, dtype=torch.bool, device=q.device)
-        allowed = (keep.detach() > 0.5)[:, None, :] | eye  # (B, N, N)
-        row_max = logits.masked_fill(~allowed, float("-inf")).amax(dim=-1, keepdim=True).detach()
-        # Dropped keys may exceed the allowed maximum: clamp so exp stays finite (their weight
-        # is exactly 0 in the forward pass; only the gradient toward keeping them uses it).
-        weights = torch.exp((logits - row_max).clamp(max=0.0))
-        policy = torch.where(eye, torch.ones_like(logits), keep.float()[:, None, :].expand_as(logits))
-        weights = weights * policy
-        out = (weights @ v.float()) / weights.sum(dim=-1, keepdim=True)
+        logits = (q.to(compute) * scale) @ k.to(compute).transpose(-2, -1)  # (B, N, N)
+        policy = policy_matrix(keep).to(compute)
+        row_max = logits.max(dim=-1, keepdim=True).values
+        if softmax == "official":
+            weights = torch.exp(logits - row_max) * policy
+            attn = (weights + eps / n) / (weights.sum(dim=-1, keepdim=True) + eps)
+            out = attn @ v.to(compute)
+        else:
+            weights = torch.exp(logits - row_max.detach()) * policy
+            out = (weights @ v.to(compute)) / weights.sum(dim=-1, keepdim=True)
     return out.to(q.dtype)
 
 
@@ -113,6 +182,9 @@ class RoutedBlock(Block):
             ``K = round(Σ_n p(global))``, the count training samples on average. Routers that
             are not yet confident (p below 0.5 everywhere, as after short training) route no
             token under argmax; ``expected`` keeps the trained share (settable at run time).
+        masked_softmax: training-time attention of :func:`masked_dense_attention`:
+            ``"official"`` (MEMatte's ``softmax_with_policy``, what the paper trained with) or
+            ``"exact"`` (the masked softmax; equals the gathered inference path).
     """
 
     def __init__(
@@ -135,6 +207,7 @@ class RoutedBlock(Block):
         max_tokens: int | None = None,
         gumbel_tau: float = 1.0,
         inference: InferenceRule = "argmax",
+        masked_softmax: MaskedSoftmax = "official",
     ) -> None:
         if window_size:
             raise ValueError("RoutedBlock replaces a global block: window_size must be 0")
@@ -142,6 +215,10 @@ class RoutedBlock(Block):
             raise ValueError(f"Unknown selection={selection!r}; choose one of {list(SELECTIONS)}")
         if inference not in INFERENCE_RULES:
             raise ValueError(f"Unknown inference={inference!r}; choose one of {list(INFERENCE_RULES)}")
+        if masked_softmax not in MASKED_SOFTMAXES:
+            raise ValueError(
+                f"Unknown masked_softmax={masked_softmax!r}; choose one of {list(MASKED_SOFTMAXES)}"
+            )
         super().__init__(
             dim,
             num_heads,
@@ -160,11 +237,13 @@ class RoutedBlock(Block):
         self.max_tokens = max_tokens
         self.gumbel_tau = float(gumbel_tau)
         self.inference = inference
+        self.masked_softmax = masked_softmax
 
     def extra_repr(self) -> str:
         return (
             f"selection={self.selection}, keep_ratio={self.keep_ratio}, max_tokens="
-            f"{self.max_tokens}, gumbel_tau={self.gumbel_tau}, inference={self.inference}"
+            f"{self.max_tokens}, gumbel_tau={self.gumbel_tau}, inference={self.inference}, "
+            f"masked_softmax={self.masked_softmax}"
         )
 
     # ------------------------------------------------------------------ routing
@@ -184,12 +263,7 @@ class RoutedBlock(Block):
             return self._cap(hard, scores).float()
         if self.training:
             return F.gumbel_softmax(log_probs, tau=self.gumbel_tau, hard=True, dim=-1)[..., 0]
-        if self.inference == "expected":
-            counts = log_probs[..., 0].exp().sum(dim=1).round()  # (B,)
-            ranks = scores.argsort(dim=1, descending=True).argsort(dim=1)
-            return self._cap(ranks < counts[:, None], scores).float()
-        # argmax: ties go to global attention, as argmax picks the first index
-        return self._cap(scores >= 0, scores).float()
+        return self._cap(INFERENCE_RULE_FNS[self.inference](log_probs), scores).float()
 
     def _cap(self, hard: Tensor, scores: Tensor) -> Tensor:
         """Apply ``max_tokens``: keep the top-K by score where an image routes more."""
@@ -213,7 +287,7 @@ class RoutedBlock(Block):
         b = y.shape[0]
         q, k, v = self.attn.qkv_heads(y)
         keep = decision.repeat_interleave(self.attn.num_heads, dim=0)  # (B·heads, N)
-        out = masked_dense_attention(q, k, v, keep, self.attn.scale)
+        out = masked_dense_attention(q, k, v, keep, self.attn.scale, softmax=self.masked_softmax)
         attended = self.attn.merge_heads(out, b)
         d = decision[..., None].to(attended.dtype)
         return d * attended + (1.0 - d) * refined
@@ -273,9 +347,15 @@ class RoutedBlock(Block):
 
 
 __all__ = [
+    "MASKED_SOFTMAXES",
+    "POLICY_EPS",
+    "policy_matrix",
     "INFERENCE_RULES",
+    "INFERENCE_RULE_FNS",
     "RoutedBlock",
     "SELECTIONS",
+    "argmax_rule",
+    "expected_rule",
     "keep_count",
     "masked_dense_attention",
     "routing_scores",
