@@ -57,7 +57,7 @@ bench: $(STAMP)
 # Paper scale, same sweeps and report: python train.py -m experiment=mematte_s_c1k sweep=S \
 #   trainer=ddp_8gpu hydra/launcher=slurm init_from=VITMATTE teacher.ckpt=VITMATTE
 ABLATE_DIR ?= logs/ablate
-ABLATE_SWEEPS ?= ablation_router ablation_ltrm ablation_keep_ratio ablation_objective ablation_topk_keep ablation_distill
+ABLATE_SWEEPS ?= ablation_router ablation_ltrm ablation_topk_keep ablation_keep_ratio ablation_objective ablation_distill
 ABLATE_LANES ?= 2
 
 # metrics.json marks a finished run

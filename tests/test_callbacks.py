@@ -116,8 +116,8 @@ def test_profiler_times_the_forward_pass_only(make_cfg, monkeypatch):
                              "data.test_set.num_samples=3"])
     slow_update = MattingMetrics.update
 
-    def update_slowly(self, *args, **kwargs):  # 0.3 s of "metrics" per image, not counted
-        time.sleep(0.3)
+    def update_slowly(self, *args, **kwargs):  # 1 s of "metrics" per image, not counted
+        time.sleep(1.0)
         return slow_update(self, *args, **kwargs)
 
     monkeypatch.setattr(MattingMetrics, "update", update_slowly)
@@ -140,7 +140,7 @@ def test_profiler_times_the_forward_pass_only(make_cfg, monkeypatch):
                         enable_model_summary=False)
     trainer.test(module, datamodule=instantiate(cfg.data, _convert_="partial"), verbose=False)
     latency = float(trainer.callback_metrics["test/latency_s"])
-    assert 0.05 <= latency < 0.3
+    assert 0.05 <= latency < 1.0  # the tiny net's own forward is ~0.1 s, more on a loaded machine
     assert float(trainer.callback_metrics["test/peak_mib"]) >= 0
     assert not module.net._forward_hooks and not module.net._forward_pre_hooks  # hooks removed
 

@@ -118,6 +118,18 @@ def test_each_job_composes_and_labels_itself(make_cfg, name):
     assert net.is_routed == (cfg.router is not None)
 
 
+def test_paper_scale_protocol_is_one_override_away(make_cfg):
+    """The CPU protocol's sweeps at paper scale: same seeds, same rules, 8-GPU DDP on SLURM."""
+    cfg = make_cfg("train", ["experiment=mematte_s_c1k", f"{sweep_key()}=ablation_router", "trainer=ddp_8gpu",
+                             "hydra/launcher=slurm"], tiny=False)
+    assert OmegaConf.to_container(cfg.hydra.sweeper.params)["seed"] == "1,2"
+    assert list(cfg.test_inference_rules) == ["argmax", "expected"]
+    assert cfg.trainer.devices == 8 and cfg.backbone.embed_dim == 384
+    assert cfg.teacher.ckpt == cfg.init_from
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    assert OmegaConf.to_container(cfg.hydra.launcher, resolve=True)["_target_"].endswith("SlurmLauncher")
+
+
 @pytest.mark.parametrize("experiment", ["tiny_cpu", "mematte_s_c1k"])
 def test_sweeps_combine_with_experiments(make_cfg, experiment):
     tiny = experiment == "tiny_cpu"
@@ -292,6 +304,41 @@ def test_ablate_script_refuses_to_run_without_a_teacher(tmp_path):
                           text=True, timeout=60)
     assert proc.returncode == 1
     assert "no teacher checkpoint" in proc.stderr and "make ablate" in proc.stderr
+
+
+def test_sweep_job_identical_to_a_finished_one_reuses_its_results(make_cfg):
+    """MEMatte's default setting is a row of several ablations: with ``reuse_finished`` the
+    second identical job (other labels and paths, same seed) takes the first one's results."""
+    from omegaconf import open_dict
+
+    from mematte import resilience
+    from mematte.cli import train
+
+    def job(sweep: str, overrides: list[str] = ()):
+        cfg = make_cfg("train", ["router=local_global", "reuse_finished=true", f"tags=[{sweep}]", *overrides])
+        with open_dict(cfg):
+            cfg.paths.output_dir = str(Path(cfg.paths.log_dir) / "train" / "multiruns" / sweep / "0")
+        Path(cfg.paths.output_dir).mkdir(parents=True)
+        return cfg
+
+    first = job("ablation_router")
+    train(first)
+    trained = json.loads((Path(first.paths.output_dir) / "metrics.json").read_text())
+    assert trained["config_fingerprint"] and "reused_from" not in trained
+
+    second = job("ablation_ltrm")
+    train(second)
+    out = Path(second.paths.output_dir)
+    reused = json.loads((out / "metrics.json").read_text())
+    assert reused["reused_from"] == str(Path(first.paths.output_dir).resolve())
+    assert reused["test"] == trained["test"] and reused["config"]["tags"] == ["ablation_ltrm"]
+    assert (out / "csv" / "metrics.csv").is_file() and not (out / "checkpoints").exists()
+    assert resilience.is_finished(out)
+
+    # another seed, or the option off, is another experiment
+    assert resilience.config_fingerprint({**trained["config"], "seed": 7}) != trained["config_fingerprint"]
+    assert resilience.config_fingerprint({**trained["config"], "tags": ["x"], "paths": {}}) == \
+        trained["config_fingerprint"]
 
 
 # ------------------------------------------------------------------------------ real runs

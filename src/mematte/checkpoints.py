@@ -715,6 +715,7 @@ def _routed_block_config(ltrm: dict[str, Any]) -> dict[str, Any]:
         "max_tokens": None,
         "gumbel_tau": 1.0,
         "inference": "argmax",
+        "masked_softmax": "official",
     }
 
 

@@ -123,6 +123,10 @@ def train(cfg: DictConfig) -> float | None:
     directory from that checkpoint (same global step, optimiser, schedule, RNG and data
     order; same W&B run id). A stop signal (:class:`~mematte.resilience.Preemption`) ends
     the run with a saved checkpoint and the callback's exit code.
+
+    ``reuse_finished``: when a finished run under ``<log_dir>/<task_name>`` has the same
+    config fingerprint (:func:`mematte.resilience.config_fingerprint`: everything but paths
+    and labels), its results are taken instead of training again.
     """
     import lightning as L
     from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -133,6 +137,14 @@ def train(cfg: DictConfig) -> float | None:
     plan = _plan_resume(cfg)
     loggers: list[Any] = []
     output_dir = Path(cfg.paths.output_dir)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    fingerprint = resilience.config_fingerprint(resolved)
+    if cfg.get("reuse_finished") and not plan.resumed:
+        twin = resilience.find_finished_twin(Path(cfg.paths.log_dir) / str(cfg.task_name), fingerprint,
+                                             exclude=output_dir)
+        if twin is not None:
+            plan.release()
+            return _reuse_finished(twin, output_dir, resolved)
     attempt_open = False  # run_state.json has an attempt this call must close
     trainer: L.Trainer | None = None
     try:
@@ -151,7 +163,7 @@ def train(cfg: DictConfig) -> float | None:
             _continue_logs(loggers, plan)
         _log_run_config(loggers, cfg)
 
-        summary: dict[str, Any] = {"config": OmegaConf.to_container(cfg, resolve=True)}
+        summary: dict[str, Any] = {"config": resolved, "config_fingerprint": fingerprint}
         if run_state.get("val_untrained") is not None:
             summary["val_untrained"] = run_state["val_untrained"]
         elif cfg.get("validate_before_training") and not trainer.fast_dev_run and not plan.resumed:
@@ -216,6 +228,29 @@ def train(cfg: DictConfig) -> float | None:
     finally:
         _finish_wandb(loggers)
         plan.release()
+
+
+def _reuse_finished(twin: Path, output_dir: Path, config: dict[str, Any]) -> float | None:
+    """``reuse_finished``: this job computes what the finished run ``twin`` computed (same
+    config fingerprint: e.g. the default setting shared by several ablations, same seed), so
+    take its results instead of training again: ``metrics.json`` (with this job's config and
+    ``reused_from``) and the CSV learning curve. Checkpoints stay in ``twin``."""
+    import shutil
+
+    from mematte import resilience
+
+    summary = json.loads((twin / "metrics.json").read_text())
+    summary["config"] = config
+    summary["reused_from"] = str(twin.resolve())
+    log.info("an identical run finished in %s: its results are reused (reuse_finished=false trains "
+             "again)", twin)
+    if (twin / "csv" / "metrics.csv").is_file():
+        (output_dir / "csv").mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(twin / "csv" / "metrics.csv", output_dir / "csv" / "metrics.csv")
+    write_json(output_dir / "metrics.json", summary)
+    resilience.update_run_state(output_dir, status="finished", reused_from=str(twin.resolve()))
+    best = (summary.get("val_final") or {}).get("sad")
+    return float(best) if best is not None else None
 
 
 def _rules_to_test(cfg: DictConfig, net: Any) -> list[str]:

@@ -275,6 +275,50 @@ def find_resumable_run(
     return None
 
 
+# Config entries that name a run's place or label it but do not change what it computes:
+# left out of :func:`config_fingerprint`. Top-level keys, then keys dropped at any depth.
+FINGERPRINT_NEUTRAL_KEYS = ("paths", "logger", "extras", "hydra", "tags", "sweep_name", "sweep_value", "resume",
+                            "reuse_finished")
+FINGERPRINT_NEUTRAL_LEAVES = ("dirpath", "save_dir", "default_root_dir", "submitit_folder")
+
+
+def config_fingerprint(config: Mapping[str, Any]) -> str:
+    """Hash of what a training run computes: its resolved config without paths and labels.
+
+    Two sweep jobs with the same fingerprint (e.g. MEMatte's default setting, which is a row of
+    several ablations, with the same seed) train the same model; see :func:`find_finished_twin`.
+    """
+    import hashlib
+
+    def strip(value: Any) -> Any:
+        if isinstance(value, Mapping):
+            return {str(k): strip(v) for k, v in value.items() if k not in FINGERPRINT_NEUTRAL_LEAVES}
+        if isinstance(value, (list, tuple)):
+            return [strip(v) for v in value]
+        return value
+
+    kept = {k: strip(v) for k, v in config.items() if k not in FINGERPRINT_NEUTRAL_KEYS}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def find_finished_twin(search_root: str | Path, fingerprint: str, exclude: str | Path | None = None) -> Path | None:
+    """The newest finished run under ``search_root`` (``runs/*``, ``multiruns/*/*``) whose
+    ``metrics.json`` carries ``fingerprint`` and was trained there (not itself reused)."""
+    found: list[tuple[float, Path]] = []
+    skip = Path(exclude).resolve() if exclude is not None else None
+    for run_dir in _candidate_dirs(Path(search_root), []):
+        summary_path = run_dir / "metrics.json"
+        if run_dir.resolve() == skip or not summary_path.is_file() or not is_finished(run_dir):
+            continue
+        try:
+            summary = json.loads(summary_path.read_text())
+        except (OSError, ValueError):
+            continue
+        if summary.get("config_fingerprint") == fingerprint and not summary.get("reused_from"):
+            found.append((summary_path.stat().st_mtime, run_dir))
+    return max(found)[1] if found else None
+
+
 @dataclass
 class ResumePlan:
     """Where this run writes and which checkpoint it starts from.

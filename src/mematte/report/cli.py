@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from mematte.report._common import ReportError, display_path, slug
-from mematte.report.references import DEFAULT_BASELINES, DEFAULT_TEACHER
+from mematte.report.references import DEFAULT_BASELINES, DEFAULT_CURVE, DEFAULT_TEACHER
 from mematte.report.results import write_report
 from mematte.report.runs import DEFAULT_RUNS, collect_runs, default_roots
 
@@ -44,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the ViTMatte teacher's train run folder: a reference row and its learning curve "
                         f"(default: {DEFAULT_TEACHER} when it exists)")
     parser.add_argument("--no-teacher", action="store_true", help="no teacher row or curve, even from the default")
+    parser.add_argument("--curve", metavar="DIR",
+                        help="a longer run of the default MEMatte student, validated often: its routing statistics "
+                        f"join the routing curves (default: {DEFAULT_CURVE} when it exists)")
     parser.add_argument("--bench", nargs="+", action="extend", metavar="CSV",
                         help="benchmark CSVs to join and plot (default: <out>/results/bench_{cuda,cpu}.csv if present)")
     parser.add_argument("--bench-resolution", type=_resolution, metavar="HxW",
@@ -63,13 +66,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                [p for p in (Path(DEFAULT_BASELINES),) if p.is_dir()])
     teacher = None if args.no_teacher else (args.teacher or
                                             next((p for p in (Path(DEFAULT_TEACHER),) if p.is_dir()), None))
+    curve_run = args.curve or next((p for p in (Path(DEFAULT_CURVE),) if p.is_dir()), None)
     try:
         runs = collect_runs(args.runs, args.wandb, args.group)
         roots = args.runs or default_roots()
         sources = [f"W&B {args.wandb}"] if any(r.source == "wandb" for r in runs) else \
             [f"`{display_path(Path(r))}`" for r in roots]
         outputs = write_report(runs, args.out, args.bench, args.bench_resolution, sources, plots=not args.no_plots,
-                               baselines=baselines, teacher=teacher)
+                               baselines=baselines, teacher=teacher, curve_run=curve_run)
     except ReportError as err:
         print(f"report: error: {err}", file=sys.stderr)
         return 2

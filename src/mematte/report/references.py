@@ -15,6 +15,8 @@ from mematte.report.runs import Run, read_job
 # where `make ablate` puts them
 DEFAULT_BASELINES = "logs/ablate/baselines"
 DEFAULT_TEACHER = "logs/ablate/teacher"
+# `make ablate`'s longer run of the default MEMatte student (routing curves)
+DEFAULT_CURVE = "logs/ablate/curve"
 # eval.py's training-free baselines, in the order the tables list them
 BASELINE_LABELS = {"closed_form": "closed-form", "knn": "KNN", "lkm": "LKM", "fill_half": "fill-half"}
 

@@ -133,9 +133,10 @@ def routing_curve_runs(tables: Mapping[str, Table], sweep: str = DEFAULT_MEMATTE
 
 
 def write_curves(tables: Mapping[str, Table], teacher: Run | None, baselines: Sequence[Baseline], report_dir: Path,
-                 plots: bool = True) -> Curves:
+                 plots: bool = True, curve_run: Path | None = None) -> Curves:
     """(a) the teacher's val SAD with the baselines' val levels; (b) the default MEMatte run's
-    val routing statistics per block, every seed."""
+    val routing statistics per block, every seed, and ``curve_run`` (the same student trained
+    longer, validated more often: ``make ablate``'s ``curve``) when given."""
     out = Curves()
     if teacher is None:
         out.teacher_text.append("No teacher run given (`--teacher DIR`; default logs/ablate/teacher when it exists).")
@@ -168,7 +169,17 @@ def write_curves(tables: Mapping[str, Table], teacher: Run | None, baselines: Se
         run_curves = read_curves(run.path, lambda k: k.startswith("val/"))
         if run_curves:
             curves[f"seed {seed}" if seed is not None else f"run {i}"] = run_curves
-    if not runs:
+    if curve_run is not None:
+        longer = read_curves(Path(curve_run), lambda k: k.startswith("val/"))
+        steps = sorted({step for series in longer.values() for step, _ in series})
+        if longer:
+            curves[f"longer run ({steps[-1]:.0f} steps)"] = longer
+            out.routing_text.append(
+                f"`{display_path(Path(curve_run))}`: the same student trained for {steps[-1]:.0f} steps, validated "
+                f"at {len(steps)} steps.")
+        else:
+            out.routing_text.append(f"`{display_path(Path(curve_run))}` has no csv/metrics.csv with val columns.")
+    if not runs and not curves:
         out.routing_text.append(f"No {sweep} runs with {key}={value} in local folders: no routing curves.")
     elif not curves:
         out.routing_text.append(f"The {sweep} {key}={value} runs have no csv/metrics.csv: no routing curves.")
@@ -265,6 +276,7 @@ def write_report(
     plots: bool = True,
     baselines: Sequence[str | Path] | None = None,
     teacher: str | Path | None = None,
+    curve_run: str | Path | None = None,
 ) -> ReportOutputs:
     """Tables (md, csv), plots, claims, learning curves and the generated part of ``<out>/RESULTS.md``.
 
@@ -280,6 +292,8 @@ def write_report(
         baselines: folders (or files) with training-free baseline ``metrics.json`` (``eval.py
             baseline=...``); None or empty = no baseline rows.
         teacher: the ViTMatte teacher's train run folder; None = no teacher row or curve.
+        curve_run: a longer run of the default MEMatte student whose validation routing
+            statistics join the routing curves (``make ablate``'s ``curve``); None = none.
     """
     out_dir = Path(out_dir)
     report_dir = out_dir / "report"
@@ -307,7 +321,8 @@ def write_report(
     claims = evaluate_claims(tables)
     files += [atomic_write_text(report_dir / "claims.md", "# Paper claims\n\n" + claims_markdown(claims)),
               write_claims_csv(claims, report_dir / "claims.csv")]
-    curves = write_curves(tables, teacher_run, base_list, report_dir, plots)
+    curves = write_curves(tables, teacher_run, base_list, report_dir, plots,
+                          Path(curve_run) if curve_run is not None else None)
     files += [p for p in (curves.teacher_plot, curves.routing_plot) if p is not None]
     memory_plot = None
     if bench and plots:
