@@ -295,7 +295,7 @@ def test_make_ablate_trains_the_teacher_then_runs_every_sweep_from_it():
     assert sorted(sweeps) == sorted(s for s in SWEEPS if s != "ablation_no_ltrm")  # no_ltrm ⊂ ltrm
     script = (ROOT / "experiments" / "ablate.sh").read_text()
     assert 'sweep="$item" init_from="$teacher" teacher.ckpt="$teacher"' in script
-    assert 'eval.py baseline="$b" split="$split"' in script
+    assert 'eval.py baseline="${run%_*}" split="${run##*_}"' in script
 
 
 def test_ablate_script_refuses_to_run_without_a_teacher(tmp_path):
