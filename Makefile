@@ -19,6 +19,7 @@ help:
 	@echo "make bench      memory/latency benchmark of full-resolution inference (experiments/results)"
 	@echo "make ablate     the CPU ablation protocol: teacher, every sweep x 2 seeds, baselines (< 60 min on 2 cores)"
 	@echo "make report     ablation tables and plots into experiments/RESULTS.md"
+	@echo "make gpu-check  on a GPU machine: CUDA tests, CUDA benchmark, training throughput (< 8 min) into GPU_CHECK_OUT=DIR"
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -78,3 +79,12 @@ sweep: ablate
 # written to experiments/report/ and between the report markers of experiments/RESULTS.md
 report: $(STAMP)
 	$(BIN)/python -m mematte.report $(ARGS)
+
+# GPU evidence in one run (< 8 min on one GPU): CUDA tests, the CUDA benchmark (bf16 and fp32)
+# and training throughput → GPU_CHECK_OUT (default: $OUT if set, else gpu_check_out/). Makes its
+# own .venv (make setup when a registry answers, else from the machine's CUDA torch); see
+# experiments/gpu_check.sh.
+GPU_CHECK_OUT ?=
+.PHONY: gpu-check
+gpu-check:
+	bash experiments/gpu_check.sh $(GPU_CHECK_OUT)

@@ -1,4 +1,5 @@
-"""Evaluate a checkpoint: ``python eval.py ckpt_path=PATH [data=...] [split=test]``.
+"""Evaluate a checkpoint: ``python eval.py ckpt_path=PATH [data=...] [split=test]``, or a
+training-free baseline the same way: ``python eval.py baseline=closed_form`` (knn, lkm, fill_half).
 
 Exits with code 1 when an option or file is wrong (one message, no traceback), or when
 dataset files could not be read: those are left out, listed at the end and under "skipped"

@@ -498,8 +498,8 @@ class RoutingStats(Metric):
 
     Undefined values are NaN, not a made-up number: the p statistics before any update, and an
     enrichment when the set keeps no token or the split has no unknown pixel. Lightning, the
-    CSV logger (``nan``), W&B and ``metrics.json`` (Python's ``json`` writes and reads ``NaN``)
-    carry NaN through; the report skips non-finite values.
+    CSV logger (``nan``) and W&B carry NaN through, ``metrics.json`` has ``null`` (strict
+    JSON); the report skips them.
     """
 
     is_differentiable = False
