@@ -20,7 +20,7 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-.venv/bin/python}
 ABLATE_DIR=${ABLATE_DIR:-logs/ablate}
 ABLATE_ARGS=${ABLATE_ARGS:-experiment=ablate_cpu}
-ABLATE_SWEEPS=${ABLATE_SWEEPS:-ablation_router ablation_ltrm ablation_topk_keep ablation_keep_ratio ablation_objective ablation_distill}
+ABLATE_SWEEPS=${ABLATE_SWEEPS:-ablation_router ablation_ltrm ablation_topk_keep ablation_objective ablation_distill}
 ABLATE_BASELINES=${ABLATE_BASELINES:-closed_form lkm knn fill_half}
 ABLATE_LANES=${ABLATE_LANES:-2}
 ARGS=${ARGS:-}
@@ -50,7 +50,8 @@ run_item() {
         # long, validated every 25 steps: how the kept shares and p(global)'s spread evolve
         # shellcheck disable=SC2086
         "$PYTHON" train.py $ABLATE_ARGS model=mematte init_from="$teacher" teacher.ckpt="$teacher" \
-            trainer.max_steps=300 trainer.val_check_interval=25 seed=1 extras.threads=1 resume=never \
+            trainer.max_steps=300 trainer.val_check_interval=25 validate_before_training=true seed=1 \
+            extras.threads=1 resume=never \
             tags="[ablate_cpu,curve]" hydra.run.dir="$ABLATE_DIR/curve" $ARGS >"$log" 2>&1 || status=$?
     else
         # shellcheck disable=SC2086  # ABLATE_ARGS and ARGS are lists of overrides
