@@ -681,9 +681,15 @@ def test_claims_table(tmp_path):
     batr = trends["ablation_keep_ratio"]
     assert batr.monotonic.startswith("no (SAD does not fall at 0.25→0.5, 0.5→0.75")
     assert batr.ends.verdict == "does not separate"  # 0.75: 1.95 ± 0.07 vs 0.1: 2.05 ± 0.07
+    # paired by seed: local_global − local = 1.0 − 2.0 (seed 1), 1.1 − 2.1 (seed 2)
+    assert got[("local", "argmax")].paired == pytest.approx([-1.0, -1.0])
+    assert got[("tiny", "argmax")].paired == pytest.approx([0.0, -0.1])  # 1.0−1.0, 1.1−1.2
+    assert got[("se", "argmax")].paired == pytest.approx([-2.0])  # se ran seed 1 only
+    assert report.paired_text([0.0, -0.1]) == "−0.050 ± 0.071 (1/2 A)".replace("−", "-")
+    assert topk.ends.paired == pytest.approx([-3.0, -3.0])  # 1.0 vs 0.1, seed by seed
     md = report.claims_markdown(claims)
     assert "exceeds std(A) + std(B)" in md and "| 1 | the local-global router beats local | ablation_router | " \
-        "argmax | local_global: 1.050 ± 0.071 (n=2) | local: 2.050 ± 0.071 (n=2) | **holds** |" in md
+        "argmax | local_global: 1.050 ± 0.071 (n=2) | local: 2.050 ± 0.071 (n=2) | -1.000 ± 0 (2/2 A) | **holds** |" in md
     assert "| 5 | accuracy rises with the kept share (fixed top-K) | ablation_topk_keep | as run (fixed top-K) | " \
         "0.1: 4.0150 ± 0.0071 (0.1000); 0.25: 3.0150 ± 0.0071 (0.2500);" in md
     path = report.write_claims_csv(claims, tmp_path / "claims.csv")

@@ -93,6 +93,8 @@ from mematte.report.claims import (
     claims_markdown,
     evaluate_claims,
     find_row,
+    paired_deltas,
+    paired_text,
     verdict,
     write_claims_csv,
 )
@@ -165,7 +167,7 @@ __all__ = [
     "block_markdown", "block_table", "build_parser", "build_table", "claims_markdown", "collect_local",
     "collect_runs", "collect_wandb", "data_name", "decision_rule", "dedupe", "default_bench_csvs", "default_roots",
     "eval_markdown", "evaluate_claims", "find_job_dirs", "find_row", "fmt", "fmt_pm", "group_sweeps", "is_routed",
-    "join_bench", "kept_ratio", "main", "metrics_from_flat", "parse_overrides", "plot_memory_vs_resolution",
+    "join_bench", "kept_ratio", "main", "metrics_from_flat", "paired_deltas", "paired_text", "parse_overrides", "plot_memory_vs_resolution",
     "plot_routing_curves", "plot_sad_vs_keep", "plot_teacher_curve", "read_baselines", "read_bench_csv",
     "read_curves", "read_job", "read_offline_wandb", "read_table_csv", "read_teacher", "replace_marked",
     "results_markdown", "routing_curve_runs", "run_from_wandb", "run_seed", "run_signature", "setting_value", "slug",

@@ -1,7 +1,10 @@
 """The paper's ablation claims checked against the sweep tables by a stated rule.
 
 Each claim compares two settings of one sweep by their test SAD (mean ± sample std over
-seeds, lower is better):
+seeds, lower is better). Sweeps run every setting with the same seeds, so the comparison is
+also shown paired: the per-seed difference ``Δ = SAD(A) − SAD(B)`` over the seeds both sides
+have (mean ± std, and how many seeds favour A), which removes what a seed does to every
+setting alike. The verdict uses the unpaired rule:
 
 - **holds**: side A's mean SAD is lower and the gap exceeds std(A) + std(B);
 - **reversed**: side B's mean SAD is lower by more than std(A) + std(B);
@@ -25,7 +28,7 @@ from typing import Any
 
 from mematte.atomic import atomic_write_text
 from mematte.report._common import RULES, Stat, fmt, fmt_pm
-from mematte.report.runs import option_value, same_value
+from mematte.report.runs import option_value, run_seed, same_value
 from mematte.report.tables import Table
 
 VERDICT_RULE = (
@@ -35,7 +38,9 @@ VERDICT_RULE = (
     "few seeds, not a significance test. `rule`: the inference rule of the SAD compared — `argmax` / "
     "`expected` = the test split rescored under that rule (metrics.json test_rules), `as run` = each run's "
     "own test metrics; a side marked (as run) under a rule was not rescored (its decisions do not depend on "
-    "the rule: fixed top-K, random router, no routing)."
+    "the rule: fixed top-K, random router, no routing). `paired Δ`: SAD(A) − SAD(B) seed by seed over the "
+    "seeds both sides ran (mean ± std; `k/n A` = seeds where A is lower): every setting trains with the same "
+    "seeds, so this removes what a seed does to all settings alike."
 )
 
 
@@ -102,6 +107,8 @@ class Comparison:
     b_note: str = ""
     informative: bool = False
     note: str = ""
+    # per-seed SAD(A) − SAD(B) over the seeds both sides ran
+    paired: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -185,6 +192,24 @@ def _side(row: Mapping[str, Any] | None, rule: str) -> tuple[Stat | None, str]:
     return stats.get("sad"), ""
 
 
+def _per_seed(row: Mapping[str, Any] | None, rule: str) -> dict[str, float]:
+    """Seed → test SAD of a setting row's finished runs under ``rule`` (its own where not rescored)."""
+    out: dict[str, float] = {}
+    for run in (row or {}).get("_used", []):
+        seed = run_seed(run)
+        value = run.rules.get(rule, {}).get("sad") if rule in RULES else None
+        value = run.metrics.get("sad") if value is None else value
+        if seed is not None and value is not None:
+            out[seed] = float(value)
+    return out
+
+
+def paired_deltas(row_a: Mapping[str, Any] | None, row_b: Mapping[str, Any] | None, rule: str) -> list[float]:
+    """``SAD(A) − SAD(B)`` for every seed both rows ran, in seed order."""
+    a, b = _per_seed(row_a, rule), _per_seed(row_b, rule)
+    return [a[s] - b[s] for s in sorted(set(a) & set(b), key=lambda s: (len(s), s))]
+
+
 def _short_rule(text: str | None) -> str:
     if not text:
         return "?"
@@ -233,7 +258,7 @@ def _compare(claim_number: str, text: str, sweep: str | None, table: Table | Non
         else:
             notes_rule = notes
         out.append(Comparison(claim_number, text, sweep, rule, a, b, stat_a, stat_b, result, side_a, side_b,
-                              informative, "; ".join(notes_rule)))
+                              informative, "; ".join(notes_rule), paired_deltas(row_a, row_b, _rule_key(rule))))
     return out
 
 
@@ -300,14 +325,23 @@ def _side_text(label: str, stat: Stat | None, note: str) -> str:
     return f"{label}: {fmt_pm(stat)} (n={stat.n}{', ' + note if note else ''})"
 
 
+def paired_text(deltas: Sequence[float]) -> str:
+    """``−0.031 ± 0.012 (2/2 A)``: mean ± std of the per-seed differences, seeds where A is lower."""
+    if not deltas:
+        return "—"
+    stat = Stat.of(list(deltas))
+    wins = sum(d < 0 for d in deltas)
+    return f"{fmt_pm(stat)} ({wins}/{len(deltas)} A)"
+
+
 def claims_markdown(claims: Claims) -> str:
     """The claims table, the kept-share trends and the verdict rule."""
     lines = [VERDICT_RULE, "",
-             "| # | claim | sweep | rule | A | B | verdict | note |", "|---|---|---|---|---|---|---|---|"]
+             "| # | claim | sweep | rule | A | B | paired Δ | verdict | note |", "|---|---|---|---|---|---|---|---|---|"]
     for c in claims.comparisons:
         number = f"{c.number} (info)" if c.informative else c.number
         lines.append(f"| {number} | {c.claim} | {c.sweep or '—'} | {c.rule} | {_side_text(c.a, c.a_stat, c.a_note)} | "
-                     f"{_side_text(c.b, c.b_stat, c.b_note)} | **{c.verdict}** | {c.note} |")
+                     f"{_side_text(c.b, c.b_stat, c.b_note)} | {paired_text(c.paired)} | **{c.verdict}** | {c.note} |")
     if claims.trends:
         lines += ["", "Kept share vs. accuracy (claim 5): test SAD per value of the swept share, with the share of "
                   "tokens actually kept under the same rule in brackets; \"decreasing\" = the mean SAD falls at "
@@ -318,7 +352,8 @@ def claims_markdown(claims: Claims) -> str:
             points = "; ".join(f"{v}: {fmt_pm(s) if s is not None and s.mean is not None else '—'}"
                                + (f" ({fmt(k.mean)})" if k is not None and k.mean is not None else "")
                                for v, s, k in t.points)
-            ends = f"{t.ends.a} vs {t.ends.b}: **{t.ends.verdict}**" + (f" ({t.ends.note})" if t.ends.note else "")
+            ends = (f"{t.ends.a} vs {t.ends.b}: **{t.ends.verdict}**, paired Δ {paired_text(t.ends.paired)}"
+                    + (f" ({t.ends.note})" if t.ends.note else ""))
             lines.append(f"| {t.number} | {t.claim} | {t.sweep} | {t.rule} | {points} | {t.monotonic} | {ends} |")
     return "\n".join(lines) + "\n"
 
@@ -328,13 +363,16 @@ def write_claims_csv(claims: Claims, path: Path) -> Path:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["number", "claim", "sweep", "rule", "a", "a_sad_mean", "a_sad_std", "a_n", "a_note", "b",
-                     "b_sad_mean", "b_sad_std", "b_n", "b_note", "verdict", "informative", "note"])
+                     "b_sad_mean", "b_sad_std", "b_n", "b_note", "paired_delta_mean", "paired_delta_std",
+                     "paired_n", "paired_a_lower", "verdict", "informative", "note"])
 
     def stat(s: Stat | None) -> list[Any]:
         return ["", "", 0] if s is None else ["" if s.mean is None else s.mean, "" if s.std is None else s.std, s.n]
 
     rows = list(claims.comparisons) + [t.ends for t in claims.trends]
     for c in rows:
+        paired = Stat.of(list(c.paired)) if c.paired else None
         writer.writerow([c.number, c.claim, c.sweep or "", c.rule, c.a, *stat(c.a_stat), c.a_note, c.b,
-                         *stat(c.b_stat), c.b_note, c.verdict, c.informative, c.note])
+                         *stat(c.b_stat), c.b_note, *stat(paired), sum(d < 0 for d in c.paired), c.verdict,
+                         c.informative, c.note])
     return atomic_write_text(path, buffer.getvalue())
