@@ -609,3 +609,20 @@ def test_sigterm_saves_current_step_and_rerun_resumes_same_wandb_run(tmp_path):
     assert json.loads((run / "metrics.json").read_text())["global_step"] == 20
     offline = sorted(p.name for p in (run / "wandb").glob("offline-run-*"))
     assert len(offline) == 2 and all(name.endswith(state["wandb_id"]) for name in offline), offline
+
+
+def test_a_best_checkpoint_deleted_before_the_kill_falls_back_to_the_one_that_replaced_it(tmp_path):
+    """A kill between a validation that saved a new best (deleting the old) and the next
+    last.ckpt: the resumed run names the deleted file as best; test the newest left instead."""
+    ckpts = tmp_path / "checkpoints"
+    ckpts.mkdir()
+    gone = ckpts / "best-step000010.ckpt"
+    (ckpts / "last.ckpt").write_bytes(b"x")
+    assert resilience.existing_best_checkpoint(gone, ckpts) is None  # nothing to fall back to
+    older, newer = ckpts / "best-step000020.ckpt", ckpts / "best-step000030.ckpt"
+    older.write_bytes(b"x")
+    newer.write_bytes(b"x")
+    os.utime(older, (1, 1))
+    assert resilience.existing_best_checkpoint(gone, ckpts) == str(newer)
+    assert resilience.existing_best_checkpoint(older, ckpts) == str(older)  # present: used as is
+    assert resilience.existing_best_checkpoint("", None) is None

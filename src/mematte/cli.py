@@ -186,6 +186,7 @@ def train(cfg: DictConfig) -> float | None:
 
         ckpt_cb = trainer.checkpoint_callback
         best = getattr(ckpt_cb, "best_model_path", "") if ckpt_cb is not None else ""
+        best = resilience.existing_best_checkpoint(best, getattr(ckpt_cb, "dirpath", None)) or ""
         summary["best_checkpoint"] = best or None
         best_score = getattr(ckpt_cb, "best_model_score", None) if ckpt_cb is not None else None
 

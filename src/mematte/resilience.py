@@ -275,6 +275,25 @@ def find_resumable_run(
     return None
 
 
+def existing_best_checkpoint(best: str | Path | None, dirpath: str | Path | None) -> str | None:
+    """The best checkpoint to test, as a file that exists.
+
+    A kill between a validation that saved a new best checkpoint (deleting the old one) and
+    the next ``last.ckpt`` leaves ``last.ckpt`` naming the deleted file as best; a resumed run
+    restores that name. Then the newest ``best*.ckpt`` left in ``dirpath`` is the best one
+    (it replaced the deleted file). None when there is none.
+    """
+    if best and Path(best).is_file():
+        return str(best)
+    if not dirpath or not Path(dirpath).is_dir():
+        return None
+    left = sorted(Path(dirpath).glob("best*.ckpt"), key=lambda p: p.stat().st_mtime)
+    if best or left:
+        log.warning("best checkpoint %s is gone (a kill right after a new best was saved?); testing %s",
+                    best or "(none recorded)", left[-1] if left else "the last weights")
+    return str(left[-1]) if left else None
+
+
 # Config entries that name a run's place or label it but do not change what it computes:
 # left out of :func:`config_fingerprint`. Top-level keys, then keys dropped at any depth.
 FINGERPRINT_NEUTRAL_KEYS = ("paths", "logger", "extras", "hydra", "tags", "sweep_name", "sweep_value", "resume",
