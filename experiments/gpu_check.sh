@@ -115,9 +115,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import logging
 import os
-import runpy
 import shutil
 import sys
 import time
@@ -191,28 +189,12 @@ class StepTimer(_Callback):
 
 
 def _run_train(argv: list[str]) -> None:
-    """``python train.py argv`` in this process (as tests/test_train.py's run_script does)."""
-    from hydra.core.global_hydra import GlobalHydra
+    """``python train.py argv`` in this process (mematte.cli.run_script_in_process)."""
+    from mematte.cli import run_script_in_process
 
-    root, environ = logging.getLogger(), dict(os.environ)
-    level, handlers = root.level, list(root.handlers)
-    old_argv = sys.argv
-    sys.argv = [str(ROOT / "train.py"), *argv]
-    try:
-        runpy.run_path(str(ROOT / "train.py"), run_name="__main__")
-    except SystemExit as stop:
-        if stop.code not in (0, None):
-            raise RuntimeError(f"train.py exited with {stop.code}") from None
-    finally:
-        sys.argv = old_argv
-        for handler in root.handlers:
-            if handler not in handlers:
-                handler.close()
-        root.handlers[:] = handlers
-        root.setLevel(level)
-        GlobalHydra.instance().clear()
-        os.environ.clear()
-        os.environ.update(environ)
+    code = run_script_in_process(ROOT / "train.py", argv)
+    if code not in (0, None):
+        raise RuntimeError(f"train.py exited with {code}")
 
 
 def make_teacher(path: Path, extra: list[str]) -> None:

@@ -4,19 +4,16 @@ from __future__ import annotations
 
 import csv
 import json
-import logging
 import os
-import runpy
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from hydra.core.global_hydra import GlobalHydra
 
 from conftest import ROOT, TINY_TRAIN
-from mematte.cli import evaluate, train
+from mematte.cli import evaluate, run_script_in_process, train
 
 
 def run_entry(script: str, args: list[str], cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -35,28 +32,12 @@ def run_entry(script: str, args: list[str], cwd: Path, timeout: int = 600) -> su
 
 
 def run_script(script: str, args: list[str], cwd: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """``python <script> args`` from ``cwd``, but in this process: the script runs as
-    ``__main__`` and its ``@hydra.main`` parses ``args`` as its command line. Saves the ~12 s
-    of imports of a fresh interpreter (:func:`run_entry`)."""
+    """``python <script> args`` from ``cwd``, but in this process (:func:`run_script_in_process`):
+    saves the ~12 s of imports of a fresh interpreter (:func:`run_entry`)."""
     monkeypatch.chdir(cwd)
-    monkeypatch.setattr(sys, "argv", [str(ROOT / script), *args])
     monkeypatch.setenv("HYDRA_FULL_ERROR", "1")  # a failure raises with its traceback
-    root, environ = logging.getLogger(), dict(os.environ)
-    level, handlers = root.level, list(root.handlers)
-    try:
-        runpy.run_path(str(ROOT / script), run_name="__main__")
-    except SystemExit as stop:
-        assert stop.code in (0, None), f"{script} exited with {stop.code}"
-    finally:
-        # Hydra set up the job's logging (console + <run dir>/<task>.log) and stays initialised
-        for handler in root.handlers:
-            if handler not in handlers:
-                handler.close()
-        root.handlers[:] = handlers
-        root.setLevel(level)
-        GlobalHydra.instance().clear()
-        os.environ.clear()  # e.g. the resume decision train() exports for DDP children
-        os.environ.update(environ)
+    code = run_script_in_process(ROOT / script, args)
+    assert code in (0, None), f"{script} exited with {code}"
 
 
 def first_logged(csv_path: Path, key: str) -> float:

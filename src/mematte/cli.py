@@ -9,6 +9,7 @@ import os
 import time
 import warnings
 from pathlib import Path
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from hydra.core.hydra_config import HydraConfig
@@ -471,7 +472,7 @@ def _evaluate(cfg: DictConfig) -> dict[str, Any]:
         weights = read_weights(ckpt_path)
         net = net_from_weights(weights)
         ours = weights.format == "mematte"
-        configure_routed_inference(net, **(cfg.get("routed_inference") or {}))
+        configure_routed_inference(net, **overrides)
     module = MattingModule(net=net, eval_region=cfg.eval_region)
 
     # only the scored split is built: evaluating needs neither the training data (nor its
@@ -550,6 +551,40 @@ def _user_error(err: BaseException) -> BaseException | None:
         if isinstance(err, kinds):
             return err
         err = err.__cause__ or err.__context__
+    return None
+
+
+def run_script_in_process(script: str | Path, argv: Sequence[str]) -> int | str | None:
+    """``python <script> argv`` in this process: the entry script (``train.py``, ``eval.py``,
+    ...) runs as ``__main__`` and its ``@hydra.main`` parses ``argv``. Saves a fresh
+    interpreter's imports (tests, ``experiments/gpu_check.sh``). Afterwards ``sys.argv``, the
+    root logger (Hydra adds the job's handlers), Hydra's global state and ``os.environ`` (e.g.
+    the resume decision ``train()`` exports for DDP children) are as they were.
+
+    Returns the script's exit code (None or 0: success).
+    """
+    import runpy
+    import sys
+
+    from hydra.core.global_hydra import GlobalHydra
+
+    root, environ, old_argv = logging.getLogger(), dict(os.environ), sys.argv
+    level, handlers = root.level, list(root.handlers)
+    sys.argv = [str(script), *argv]
+    try:
+        runpy.run_path(str(script), run_name="__main__")
+    except SystemExit as stop:
+        return stop.code
+    finally:
+        sys.argv = old_argv
+        for handler in root.handlers:
+            if handler not in handlers:
+                handler.close()
+        root.handlers[:] = handlers
+        root.setLevel(level)
+        GlobalHydra.instance().clear()
+        os.environ.clear()
+        os.environ.update(environ)
     return None
 
 
