@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from omegaconf import open_dict
 
 from mematte.checkpoints import build_net
 from mematte.cli import train

@@ -26,7 +26,7 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from mematte.models.attention import AttentionImpl, naive_attention
 from mematte.models.ltrm import TokenRefiner

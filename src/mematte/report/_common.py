@@ -54,17 +54,23 @@ def read_yaml(path: Path) -> Any:
         return None
 
 
+def finite_number(value: Any) -> float | None:
+    """``value`` as a finite float; None for NaN, inf, bools, None and text that is no number."""
+    if isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
 def numbers(values: Mapping[str, Any]) -> dict[str, float]:
     """The finite numeric entries of ``values`` as floats (NaN, inf, bools, text dropped)."""
     out = {}
     for key, value in values.items():
-        if isinstance(value, bool):
-            continue
-        try:
-            number = float(value)
-        except (TypeError, ValueError):
-            continue
-        if math.isfinite(number):
+        number = finite_number(value)
+        if number is not None:
             out[str(key)] = number
     return out
 

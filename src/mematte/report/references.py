@@ -4,12 +4,11 @@ the ViTMatte teacher run, and learning curves from Lightning's CSV logs."""
 from __future__ import annotations
 
 import csv
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from mematte.report._common import METRICS, ReportError, numbers, read_json
+from mematte.report._common import METRICS, ReportError, finite_number, numbers, read_json
 from mematte.report.runs import Run, read_job
 
 # where `make ablate` puts them
@@ -139,20 +138,14 @@ def read_curves(job_dir: Path | None, want: Callable[[str], bool] | None = None)
         try:
             with path.open(newline="") as f:
                 for row in csv.DictReader(f):
-                    try:
-                        step = float(row.get("step") or "nan")
-                    except ValueError:
-                        continue
-                    if not math.isfinite(step):
+                    step = finite_number(row.get("step"))
+                    if step is None:
                         continue
                     for key, text in row.items():
                         if key in (None, "step", "epoch") or (want is not None and not want(key)):
                             continue
-                        try:
-                            value = float(text)
-                        except (TypeError, ValueError):
-                            continue
-                        if math.isfinite(value):
+                        value = finite_number(text)
+                        if value is not None:
                             values.setdefault(key, {})[step] = value
         except OSError:
             continue
