@@ -1,6 +1,6 @@
 # Every target bootstraps .venv when it is missing (plain pip; the torch builds pinned here
 # are the ones found on this project's machines — elsewhere install your own torch first
-# and run `pip install -e .[dev,interop,notebooks,hpc]`).
+# and run `pip install -e .[dev,interop,notebooks,hpc,docs]`).
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -12,20 +12,22 @@ ARGS ?=
 .PHONY: setup train test test-fast test-all eval bench ablate ablate-teacher sweep report clean-logs help
 
 help:
-	@echo "make setup      create .venv and install mematte[dev,interop,notebooks,hpc]"
+	@echo "make setup      create .venv and install mematte[dev,interop,notebooks,hpc,docs]"
 	@echo "make train      train the tiny ViTMatte on synthetic data (CPU, minutes); ARGS='key=value ...'"
 	@echo "make test       full test suite (slow tests included)"
 	@echo "make test-fast  pytest -m 'not slow' (< 5 min)"
 	@echo "make bench      memory/latency benchmark of full-resolution inference (experiments/results)"
 	@echo "make ablate     the CPU ablation protocol: teacher, every sweep x 2 seeds, baselines (< 60 min on 2 cores)"
 	@echo "make report     ablation tables and plots into experiments/RESULTS.md"
+	@echo "make notebooks  re-execute notebooks/*.ipynb in place, outputs kept (tiny model, CPU, < 1 min)"
+	@echo "make docs       build the documentation site (MkDocs, --strict) into site/"
 	@echo "make gpu-check  on a GPU machine: CUDA tests, CUDA benchmark, training throughput (< 8 min) into GPU_CHECK_OUT=DIR"
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet $(TORCH_PINS)
-	$(BIN)/python -m pip install --quiet -e ".[dev,interop,notebooks,hpc]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,interop,notebooks,hpc,docs]"
 	@touch $(STAMP)
 
 setup: $(STAMP)
@@ -41,6 +43,14 @@ test-fast: $(STAMP)
 
 clean-logs:
 	rm -rf logs
+
+# The notebooks are committed with their outputs (a web view shows them): rerun them top to
+# bottom in place after changing them or what they show (notebooks/execute.py: this venv's
+# Python as the kernel, no per-cell timings saved). NOTEBOOKS='demo.ipynb' picks some.
+NOTEBOOKS ?=
+.PHONY: notebooks
+notebooks: $(STAMP)
+	$(BIN)/python notebooks/execute.py $(NOTEBOOKS)
 
 # Peak memory / latency benchmark → experiments/results/bench_<device>.{csv,md,png}
 # (≈ 50 min on a 2-core CPU with ARGS=threads=1; finished points are reused on a rerun).
@@ -90,3 +100,10 @@ GPU_CHECK_OUT ?=
 .PHONY: gpu-check
 gpu-check:
 	bash experiments/gpu_check.sh $(GPU_CHECK_OUT)
+
+# The documentation site (mkdocs.yml, docs/) into site/; --strict: a broken link, a missing page
+# or a docstring mkdocstrings cannot read is an error, as in tests/test_docs.py.
+# Preview while editing: $(BIN)/mkdocs serve
+.PHONY: docs
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site

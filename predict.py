@@ -8,11 +8,12 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from mematte.predict import run_from_config
-
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="predict")
 def main(cfg: DictConfig) -> None:
+    # imported here, not above: `--help` then needs neither torch nor the models
+    from mematte.predict import run_from_config
+
     code = run_from_config(cfg)
     if code:
         sys.exit(code)

@@ -42,7 +42,7 @@ def bench_cfg(tmp_path: Path):
             f"out_dir={tmp_path}", "name=tiny", "repeats=2", "warmup=1", "threads=1",
             "resolutions=[[64,64],[96,128]]", "reference=tiny_vitmatte",
             "slope_pixels=[4000,20000]", "extras.print_config=false",
-            "paths.root_dir=.",
+            "paths.root_dir=.", "startup=null",
         ])
         with open_dict(cfg):
             cfg.models = OmegaConf.create(TINY_MODELS)
@@ -171,3 +171,34 @@ def test_jsonl_survives_a_cut_line(bench_cfg, tmp_path: Path, monkeypatch):
     assert list(records) == ["m@1x2"] and records["m@1x2"].peak_bytes == 3
     assert load_records(path, {"a": 2}) == {}
     assert math.isfinite(json.loads(path.read_text().splitlines()[0])["result"]["peak_bytes"])
+
+
+def test_targets_are_checked_on_the_run_and_tabulated():
+    from mematte.bench import check_targets, estimate_errors, targets_table
+
+    mib = 1024**2
+    results = [
+        PointResult("ref", 64, 64, "ok", peak_bytes=400 * mib, latency_s=10.0, estimate_bytes=450 * mib,
+                    weights_bytes=50 * mib),
+        PointResult("ours", 64, 64, "ok", peak_bytes=100 * mib, latency_s=6.0, estimate_bytes=130 * mib,
+                    weights_bytes=20 * mib),
+    ]
+    targets = OmegaConf.create([
+        {"name": "mem", "kind": "memory_ratio", "model": "ours", "reference": "ref", "size": [64, 64], "max": 0.5},
+        {"name": "lat", "kind": "latency_ratio", "model": "ours", "reference": "ref", "size": [64, 64], "max": 0.5},
+        {"name": "peak", "kind": "peak_gib", "model": "ours", "size": [64, 64], "max": 1.0},
+        {"name": "missing", "kind": "peak_gib", "model": "ours", "size": [128, 128], "max": 1.0},
+        {"name": "est", "kind": "estimate_error", "max": 0.15},
+        {"name": "help", "kind": "startup_s", "what": "help_s", "max": 2},
+    ])
+    assert estimate_errors(results) == {"ref@64x64": pytest.approx(0.0), "ours@64x64": pytest.approx(0.1)}
+    checked = {t.name: t for t in check_targets(results, targets, {"help_s": 2.5})}
+    assert checked["mem"].measured == pytest.approx(0.25) and checked["mem"].status == "met"
+    assert checked["lat"].measured == pytest.approx(0.6) and checked["lat"].status == "not met"
+    assert checked["peak"].status == "met" and checked["missing"].status == "not measured"
+    assert checked["est"].measured == pytest.approx(0.1) and "ours@64x64" in checked["est"].detail
+    assert checked["help"].status == "not met"
+    table = targets_table(list(checked.values()))
+    assert "| mem | 0.250 × | ≤ 0.5 × | met |" in table and "not measured" in table
+    with pytest.raises(ValueError, match="unknown target kind"):
+        check_targets(results, OmegaConf.create([{"name": "x", "kind": "speed", "max": 1}]), {})

@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +20,7 @@ from mematte.data.composition import (
     composite,
     crop_around_unknown,
     ellipse_kernel,
-    quantize_trimap,
+    quantise_trimap,
     trimap_from_alpha,
     trimap_to_uint8,
 )
@@ -48,17 +47,6 @@ def assert_valid_trimap(trimap: np.ndarray | torch.Tensor, alpha: np.ndarray | t
     assert np.all(alpha[trimap == 0.0] <= ALPHA_EPS)
 
 
-def brute_force_erosion(mask: np.ndarray, kernel: np.ndarray) -> np.ndarray:
-    """Reference erosion: edge-replicated mask, anchor at kernel.shape // 2."""
-    kh, kw = kernel.shape
-    ay, ax = kh // 2, kw // 2
-    padded = np.pad(mask, ((ay, kh - 1 - ay), (ax, kw - 1 - ax)), mode="edge")
-    out = np.ones_like(mask, dtype=bool)
-    for dy, dx in zip(*np.nonzero(kernel)):
-        out &= padded[dy : dy + mask.shape[0], dx : dx + mask.shape[1]]
-    return out
-
-
 # ------------------------------------------------------------------------------------------
 # composition.py
 # ------------------------------------------------------------------------------------------
@@ -80,32 +68,80 @@ def test_composite_formula_and_alpha_shapes() -> None:
 
 def test_trimap_quantisation_thresholds_and_round_trip() -> None:
     values = np.array([[0, 84, 85, 128, 169, 170, 255]], dtype=np.uint8)
-    trimap = quantize_trimap(values)
+    trimap = quantise_trimap(values)
     assert trimap.dtype == np.float32
     np.testing.assert_array_equal(trimap, [[0, 0, 0.5, 0.5, 0.5, 1, 1]])
     np.testing.assert_array_equal(trimap_to_uint8(trimap), [[0, 0, 128, 128, 128, 255, 255]])
     all_bytes = np.arange(256, dtype=np.uint8)[None]
-    np.testing.assert_array_equal(quantize_trimap(trimap_to_uint8(quantize_trimap(all_bytes))), quantize_trimap(all_bytes))
+    np.testing.assert_array_equal(quantise_trimap(trimap_to_uint8(quantise_trimap(all_bytes))), quantise_trimap(all_bytes))
+
+
+def test_trimap_quantisation_is_one_rule_for_numpy_and_torch() -> None:
+    all_bytes = np.arange(256, dtype=np.uint8)
+    expected = quantise_trimap(all_bytes)
+    as_tensor = quantise_trimap(torch.from_numpy(all_bytes))
+    assert isinstance(as_tensor, torch.Tensor) and as_tensor.dtype == torch.float32
+    np.testing.assert_array_equal(as_tensor.numpy(), expected)
+    # float trimaps in [0, 1]: the same thresholds on that scale, for both kinds
+    as_float = all_bytes.astype(np.float32) / 255
+    np.testing.assert_array_equal(quantise_trimap(as_float), expected)
+    np.testing.assert_array_equal(quantise_trimap(torch.from_numpy(as_float)).numpy(), expected)
+    for bad_range in (np.array([2.0]), torch.tensor([-0.1])):
+        with pytest.raises(ValueError, match=r"\[0, 1\]"):
+            quantise_trimap(bad_range)
+    for bad_dtype in (np.array([1], dtype=np.int64), torch.tensor([1], dtype=torch.int64)):
+        with pytest.raises(TypeError, match="uint8"):
+            quantise_trimap(bad_dtype)
+
+
+def official_trimap(alpha: np.ndarray, fg_size: int, bg_size: int) -> np.ndarray:
+    """The DIM / ViTMatte ``GenTrimap`` recipe, written with OpenCV as in their pipelines:
+    pure fg / bg masks by ``(alpha + 1e-5).astype(int)``, each eroded by an elliptical kernel,
+    the rest 128. Returns (H, W) uint8 in {0, 128, 255}."""
+    import cv2
+
+    fg_mask = (alpha + 1e-5).astype(np.int32).astype(np.uint8)
+    bg_mask = (1 - alpha + 1e-5).astype(np.int32).astype(np.uint8)
+    fg_mask = cv2.erode(fg_mask, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (fg_size, fg_size)))
+    bg_mask = cv2.erode(bg_mask, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (bg_size, bg_size)))
+    trimap = np.full(alpha.shape, 128, dtype=np.uint8)
+    trimap[fg_mask == 1] = 255
+    trimap[bg_mask == 1] = 0
+    return trimap
+
+
+@pytest.mark.parametrize("sizes", [(1, 1), (3, 7), (14, 29)])
+def test_trimap_from_alpha_matches_the_official_recipe(sizes: tuple[int, int]) -> None:
+    # at the 640-px reference size the kernel sizes are used unscaled, as in GenTrimap
+    fg_size, bg_size = sizes
+    yy, xx = np.mgrid[0:640, 0:480]
+    alpha = np.clip((150 - np.hypot(yy - 300, xx - 240)) / 12 + 0.5, 0, 1).astype(np.float32)
+    alpha[:, :40] = 1.0  # a foreground strip on the border: the border must not erode it
+    alpha[600:, 200:300] = 0.37  # flat partial alpha
+    draws = iter(sizes)
+
+    class FixedSizes:  # stands in for the generator: the two kernel-size draws, fg then bg
+        def integers(self, low: int, high: int) -> int:
+            return next(draws)
+
+    ours = trimap_from_alpha(alpha, FixedSizes())  # type: ignore[arg-type]
+    np.testing.assert_array_equal(trimap_to_uint8(ours), official_trimap(alpha, fg_size, bg_size))
 
 
 def test_ellipse_kernel_matches_opencv() -> None:
-    # cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)) for k = 1, 3, 5, 7.
+    # cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)) for k = 1, 3, 5, 7, written out.
     np.testing.assert_array_equal(ellipse_kernel(1), [[1]])
     np.testing.assert_array_equal(ellipse_kernel(3), [[0, 1, 0], [1, 1, 1], [0, 1, 0]])
     np.testing.assert_array_equal(
         ellipse_kernel(5),
         [[0, 0, 1, 0, 0], [1, 1, 1, 1, 1], [1, 1, 1, 1, 1], [1, 1, 1, 1, 1], [0, 0, 1, 0, 0]],
     )
-    # OpenCV's row-wise rounding makes 7x7 slightly non-transpose-symmetric; match it exactly.
+    # OpenCV's row-wise rounding makes 7x7 slightly non-transpose-symmetric
     np.testing.assert_array_equal(
         ellipse_kernel(7),
         [[0, 0, 0, 1, 0, 0, 0]] + [[0, 1, 1, 1, 1, 1, 0]] + [[1] * 7] * 3 + [[0, 1, 1, 1, 1, 1, 0]] + [[0, 0, 0, 1, 0, 0, 0]],
     )
-    for size in (15, 29):
-        kernel = ellipse_kernel(size)
-        assert kernel.dtype == bool and kernel.shape == (size, size)
-        np.testing.assert_array_equal(kernel, kernel[::-1])
-        np.testing.assert_array_equal(kernel, kernel[:, ::-1])
+    assert ellipse_kernel(29).dtype == bool and ellipse_kernel(29).shape == (29, 29)
     with pytest.raises(ValueError):
         ellipse_kernel(0)
 
@@ -126,30 +162,8 @@ def test_erosion_does_not_erode_from_the_image_border() -> None:
     expected[:, :6] = True  # only the interior edge recedes, by the kernel radius (2)
     np.testing.assert_array_equal(eroded, expected)
     assert binary_erosion(np.ones((6, 6), bool), ellipse_kernel(7)).all()
-
-
-@pytest.mark.parametrize("size", [1, 2, 3, 4, 6, 9])
-def test_erosion_matches_brute_force(size: int) -> None:
-    rng = np.random.default_rng(size)
-    mask = rng.random((23, 31)) > 0.15
-    kernel = ellipse_kernel(size)
-    np.testing.assert_array_equal(binary_erosion(mask, kernel), brute_force_erosion(mask, kernel))
-    # A kernel with a gap in a row exercises the split-run path.
-    gappy = np.array([[1, 0, 1], [0, 1, 0], [1, 1, 1]], dtype=bool)
-    np.testing.assert_array_equal(binary_erosion(mask, gappy), brute_force_erosion(mask, gappy))
-
-
-def test_erosion_is_fast_for_large_kernels() -> None:
-    mask = np.random.default_rng(0).random((640, 640)) > 0.01
-    kernel = ellipse_kernel(29)
-    best = min(_timed(lambda: binary_erosion(mask, kernel)) for _ in range(3))
-    assert best < 0.1, f"640^2 erosion with a 29x29 kernel took {best * 1e3:.1f} ms (expected ~5 ms)"
-
-
-def _timed(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
+    # non-contiguous and non-bool masks (nonzero = True) give the same result
+    np.testing.assert_array_equal(binary_erosion(np.asfortranarray(mask, dtype=np.float32), ellipse_kernel(5)), expected)
 
 
 def test_trimap_from_alpha_marks_partial_pixels_unknown() -> None:
@@ -336,15 +350,6 @@ def test_eval_set_contract_sizes_and_fixed_trimaps() -> None:
         SyntheticMattingEvalSet("train", 1)
 
 
-def test_generation_speed_sanity() -> None:
-    source = SyntheticMattingSource(seed=0, size=320)
-    start = time.perf_counter()
-    for index in range(100):
-        source.sample("test", index)
-    elapsed = time.perf_counter() - start
-    assert elapsed < 10.0, f"100 samples of 320^2 took {elapsed:.1f} s (expected ~1.5 s)"
-
-
 # ------------------------------------------------------------------------------------------
 # Folder export and CLI
 # ------------------------------------------------------------------------------------------
@@ -368,7 +373,7 @@ def test_write_folder_dataset_round_trip(tmp_path: Path) -> None:
         np.testing.assert_allclose(alpha / 255.0, sample["alpha"][0].numpy(), atol=0.5 / 255 + 1e-6)
         np.testing.assert_allclose(image / 255.0, sample["image"].permute(1, 2, 0).numpy(), atol=0.5 / 255 + 1e-6)
         assert set(np.unique(trimap).tolist()) <= {0, 128, 255}
-        np.testing.assert_array_equal(quantize_trimap(trimap), sample["trimap"][0].numpy())
+        np.testing.assert_array_equal(quantise_trimap(trimap), sample["trimap"][0].numpy())
         for folder in ("fg", "bg"):
             assert (root / folder / f"{name}.png").is_file()
     files = [path for path in root.rglob("*") if path.is_file()]

@@ -6,13 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mematte.models.attention import (
-    Attention,
-    decomposed_rel_pos,
-    folded_rel_pos_sdpa,
-    get_rel_pos,
-    naive_attention,
-)
+from mematte.models.attention import Attention, get_rel_pos
 from mematte.models.decoder import DetailCapture
 from mematte.models.matting_net import MattingNet, clamp_to_trimap, pad_to_multiple
 from mematte.models.vit import ResBottleneck, ViT, window_partition, window_unpartition
@@ -56,20 +50,6 @@ def test_padding_does_not_leak_into_valid_region_shape_mismatch_raises():
     net = tiny_net().eval()
     with pytest.raises(ValueError, match="differ in size"):
         net(torch.rand(1, 3, 32, 32), torch.zeros(1, 1, 32, 33))
-
-
-@pytest.mark.parametrize("grid", [(5, 7), (14, 14), (40, 23)])
-def test_folded_sdpa_equals_naive_rel_pos(grid):
-    torch.manual_seed(0)
-    b, d = 2, 16
-    n = grid[0] * grid[1]
-    q, k, v = (torch.randn(b, n, d) for _ in range(3))
-    # tables sized for a 14 grid: exercises the linear resize for other grids
-    rel_h, rel_w = torch.randn(27, d), torch.randn(27, d)
-    bias = decomposed_rel_pos(q, rel_h, rel_w, grid)
-    ref = naive_attention(q, k, v, d**-0.5, bias, grid)
-    out = folded_rel_pos_sdpa(q, k, v, d**-0.5, bias, grid)
-    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
 
 
 def test_attention_module_impls_agree_and_gradients_match():
@@ -205,22 +185,3 @@ def test_warmup_multistep_schedule():
 def test_bad_attention_impl_is_rejected():
     with pytest.raises(ValueError, match="attn_impl"):
         ViT(embed_dim=48, num_heads=3, attn_impl="flash3")
-
-
-@pytest.mark.parametrize("chunk_heads", [1, 2, 4])
-def test_folded_rel_pos_in_head_groups_is_exact(chunk_heads):
-    """Large grids fold rel-pos over groups of heads (bounded memory); same values and grads."""
-    torch.manual_seed(0)
-    grid, heads = (9, 11), 3
-    naive = Attention(48, num_heads=heads, use_rel_pos=True, rel_pos_grid=8, attn_impl="naive")
-    naive.init_rel_pos(std=0.5)
-    chunked = Attention(48, num_heads=heads, use_rel_pos=True, rel_pos_grid=8, attn_impl="sdpa")
-    chunked.load_state_dict(naive.state_dict())
-    per_head = 5 * grid[0] * grid[1] * (16 + grid[0] + grid[1]) * 4
-    chunked.fold_chunk_bytes = chunk_heads * per_head
-    assert chunked.fold_chunk(grid[0] * grid[1], grid) == chunk_heads
-    x = torch.randn(2, *grid, 48)
-    torch.testing.assert_close(chunked(x), naive(x), atol=1e-5, rtol=1e-5)
-    chunked(x).square().sum().backward()
-    naive(x).square().sum().backward()
-    torch.testing.assert_close(chunked.rel_pos_h.grad, naive.rel_pos_h.grad, atol=1e-4, rtol=1e-4)

@@ -7,12 +7,12 @@ import functools
 import pytest
 import torch
 
+from mematte.data.composition import quantise_trimap
 from mematte.inference import (
     GIB,
     MemoryBudgetError,
     Predictor,
     estimate_peak_bytes,
-    quantise_trimap,
 )
 from mematte.models.decoder import DetailCapture
 from mematte.models.ltrm import ConvTokenRefiner
@@ -53,16 +53,6 @@ def test_predictor_equals_the_net_with_tiled_decoder(routed):
     assert result.alpha.shape == (1, 1, 150, 230) and result.alpha.dtype == torch.float32
     torch.testing.assert_close(result.alpha, expected, rtol=1e-5, atol=1e-5)
     assert len(result.routing) == (2 if routed else 0)
-
-
-def test_quantise_trimap_uses_the_method_thresholds():
-    t = torch.tensor([0, 84, 85, 128, 169, 170, 255], dtype=torch.uint8)
-    assert quantise_trimap(t).tolist() == [0, 0, 0.5, 0.5, 0.5, 1, 1]
-    assert quantise_trimap(torch.tensor([0.0, 0.3, 0.5, 0.7, 1.0])).tolist() == [0, 0, 0.5, 1, 1]
-    with pytest.raises(ValueError, match=r"\[0, 1\]"):
-        quantise_trimap(torch.tensor([2.0]))
-    with pytest.raises(TypeError, match="uint8"):
-        quantise_trimap(torch.tensor([1], dtype=torch.int64))
 
 
 def test_mismatched_trimap_is_refused():

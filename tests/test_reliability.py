@@ -228,7 +228,7 @@ def test_atomic_checkpoint_io_never_leaves_partial_file(tmp_path, monkeypatch):
     assert resilience.checkpoint_is_intact(path) and resilience.checkpoint_step(path) == 1
 
     def dies_midway(obj: Any, f: Any, *args: Any, **kwargs: Any) -> None:
-        Path(f).write_bytes(b"PK\x03\x04 half a checkpoint")
+        f.write(b"PK\x03\x04 half a checkpoint")  # the temp file's handle
         raise OSError("disk full")
 
     monkeypatch.setattr(torch, "save", dies_midway)

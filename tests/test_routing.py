@@ -78,7 +78,7 @@ def test_router_option_builds_routed_global_blocks(make_cfg):
     block = net.backbone.blocks[2]
     assert isinstance(block.router, routers.LocalGlobalRouter)
     assert isinstance(block.ltrm, ltrms.ConvTokenRefiner)
-    assert not block.attn.use_rel_pos  # routed global blocks have no rel-pos (METHOD §2)
+    assert not block.attn.use_rel_pos  # routed global blocks have no rel-pos (docs/method.md, MEMatte)
     assert net.backbone.blocks[1].attn.use_rel_pos  # window blocks keep theirs
 
 

@@ -1,5 +1,5 @@
 """Paper recipes (conf/experiment/), ablation sweeps (conf/sweep/), the 8-GPU trainer and the
-SLURM launcher: they compose to METHOD §3's numbers, and a sweep really runs as a multirun."""
+SLURM launcher: they compose to the paper recipes' numbers, and a sweep really runs as a multirun."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from conftest import CONF_DIR, ROOT, TINY_TRAIN
 from mematte.optim import warmup_multistep_factor
 
 SWEEPS = sorted(p.stem for p in (CONF_DIR / "sweep").glob("*.yaml") if not p.stem.startswith("_"))
-# the swept option of each ablation and its values (METHOD §2's ablation axes)
+# the swept option of each ablation and its values (the paper's ablation axes)
 SWEPT = {
     "ablation_router": ("router", ["local_global", "local", "small", "tiny", "se", "random", "none"]),
     "ablation_ltrm": ("ltrm", ["conv", "conv_no_eca", "eca_no_dwconv", "conv_no_shortcut", "mlp", "zero"]),
@@ -145,7 +145,7 @@ def test_sweeps_combine_with_experiments(make_cfg, experiment):
 
 
 # ------------------------------------------------------------------------------ paper recipes
-# METHOD §3 (and the public configs named in each recipe): what each recipe must say.
+# docs/training.md, paper recipes (and the public configs named in each recipe): what each recipe must say.
 RECIPES = {
     #                  embed router  data             global batch  max_steps  milestone steps  init file
     "vitmatte_s_c1k": (384, False, "composition1k", 32, 134687, (40406, 121218), "dino_deitsmall16_pretrain.pth"),
@@ -168,7 +168,7 @@ def test_paper_recipe(make_cfg, name):
     # data.batch_size is per GPU (Lightning's batch is per process)
     assert cfg.data.batch_size * cfg.trainer.devices * cfg.trainer.num_nodes == global_batch
     assert cfg.trainer.strategy == "ddp" and cfg.trainer.sync_batchnorm
-    assert cfg.trainer.precision == "16-mixed"  # METHOD §3: fp16 autocast
+    assert cfg.trainer.precision == "16-mixed"  # docs/training.md, paper recipes: fp16 autocast
     assert cfg.trainer.max_steps == steps
     m = cfg.module
     assert (m.lr, m.weight_decay, m.layer_decay) == (5e-4, 0.1, 0.65)
@@ -179,7 +179,7 @@ def test_paper_recipe(make_cfg, name):
     first, second = milestones
     assert [factor(first - 1), factor(first), factor(second - 1), factor(second)] == [1.0, 0.1, 0.1, 0.05]
     assert Path(cfg.init_from) == ROOT / "pretrained" / init
-    if routed:  # METHOD §2: distilled from the ViTMatte it starts from, weight 1, BATR 0.25
+    if routed:  # docs/method.md, MEMatte: distilled from the ViTMatte it starts from, weight 1, BATR 0.25
         assert cfg.teacher.ckpt == cfg.init_from and m.distill_weight == 1.0
         assert cfg.routing.mode == "batch" and cfg.routing.target == 0.25
         assert cfg.router._target_.endswith("LocalGlobalRouter")

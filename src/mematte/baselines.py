@@ -143,12 +143,13 @@ class ClassicalMatting(nn.Module):
         # knn and lkm hold the known pixels by a soft penalty only: set them exactly
         return np.where(unknown, np.clip(alpha, 0.0, 1.0), clean)
 
-    def forward(self, image: Tensor, trimap: Tensor) -> MattingOutput:
+    def forward(self, image: Tensor, trimap: Tensor, padding: str = "aligned") -> MattingOutput:
         """Estimate alpha image by image.
 
         Args:
             image: (B, 3, H, W) RGB in [0, 1].
             trimap: (B, 1, H, W) in {0, 0.5, 1}.
+            padding: ignored (the net interface's; a classical method needs no padding).
 
         Returns:
             :class:`MattingOutput` with ``alpha`` (B, 1, H, W) in [0, 1] (image's dtype and

@@ -104,6 +104,7 @@ class PointResult:
     reason: str = ""
     device: str = "cpu"
     threads: int | None = None
+    tile: int | None = None
 
     @property
     def pixels(self) -> int:
@@ -307,7 +308,7 @@ def append_record(path: Path, fingerprint: dict[str, Any], result: PointResult) 
 def run_benchmark(cfg: DictConfig) -> list[PointResult]:
     """The whole benchmark: every model × resolution, skipping what cannot fit; writes reports."""
     from mematte.checkpoints import build_net
-    from mematte.inference import estimate_peak_bytes
+    from mematte.inference import auto_tile, estimate_peak_bytes
 
     device = str(cfg.device)
     if device.startswith("cuda"):
@@ -346,20 +347,29 @@ def run_benchmark(cfg: DictConfig) -> list[PointResult]:
         spec_cfg = cfg.models[model]
         net = build_net(net_configs[model])
         precision = spec_cfg.get("precision") or cfg.precision
-        dtype_bytes = 4 if precision == "fp32" or not device.startswith("cuda") else 2
+        # activations under autocast (bf16/fp16, or auto on CUDA) are 2 bytes
+        half = precision in ("bf16", "fp16") or (precision == "auto" and device.startswith("cuda"))
+        dtype_bytes = 2 if half else 4
         history: list[PointResult] = []
         for height, width in (tuple(r) for r in cfg.resolutions):
             key = point_key(model, height, width)
+            tile = spec_cfg.get("tile", cfg.tile)
+            context = spec_cfg.get("context", cfg.context)
+            if tile == "auto":  # what the Predictor picks without a budget
+                tile = done[key].tile if key in done else auto_tile(
+                    net, height, width, context=context, dtype_bytes=dtype_bytes)
+            parts = estimate_peak_bytes(net, height, width, tile=tile, context=context,
+                                        dtype_bytes=dtype_bytes)
+            estimate, weights = parts["total"], parts["weights"]
             if key in done:
                 result = done[key]
+                # the estimate is the code's prediction, not a measurement: recomputed, so the
+                # reports follow changes to it without running the point again
+                result.estimate_bytes, result.weights_bytes = estimate, weights
                 log.info("%s: reused (%s)", key, result.status)
                 history.append(result)
                 results.append(result)
                 continue
-            tile = spec_cfg.get("tile", cfg.tile)
-            parts = estimate_peak_bytes(net, height, width, tile=tile, context=cfg.context,
-                                        dtype_bytes=dtype_bytes)
-            estimate, weights = parts["total"], parts["weights"]
             expected_s = predict_latency(history, height * width)
             if estimate > budget:
                 result = PointResult(model, height, width, "skipped", estimate_bytes=estimate, device=device,
@@ -370,7 +380,7 @@ def run_benchmark(cfg: DictConfig) -> list[PointResult]:
             else:
                 spec = PointSpec(
                     model=model, net_config=net_configs[model], height=height, width=width,
-                    device=device, precision=precision, tile=tile, context=cfg.context,
+                    device=device, precision=precision, tile=tile, context=context,
                     repeats=cfg.repeats, warmup=cfg.warmup, max_seconds=cfg.max_seconds,
                     threads=cfg.threads, seed=cfg.seed,
                     memory_limit_bytes=None if device.startswith("cuda") else budget,
@@ -378,14 +388,18 @@ def run_benchmark(cfg: DictConfig) -> list[PointResult]:
                 log.info("%s: running (estimate %.2f GiB%s)", key, estimate / GIB,
                          f", ~{expected_s:.0f} s" if expected_s else "")
                 result = measure(spec, estimate, cfg.point_timeout_s)
-            result.estimate_bytes, result.weights_bytes = estimate, weights
+            result.estimate_bytes, result.weights_bytes, result.tile = estimate, weights, tile
             log.info("%s: %s %s", key, result.status, _describe(result))
             append_record(jsonl, fingerprint, result)
             history.append(result)
             results.append(result)
         del net
 
-    write_reports(results, cfg, out_dir / name, budget)
+    startup: dict[str, float] = {}
+    if cfg.get("startup") and cfg.startup.model:
+        startup = measure_startup(net_configs[str(cfg.startup.model)], Path(cfg.paths.root_dir))
+        log.info("start-up: %s", ", ".join(f"{k} {v:.2f}" for k, v in startup.items()))
+    write_reports(results, cfg, out_dir / name, budget, startup)
     return results
 
 
@@ -402,6 +416,127 @@ def _git_commit() -> str | None:
     except (OSError, subprocess.TimeoutExpired):
         return None
     return out.stdout.strip() or None
+
+
+# --------------------------------------------------------------------------- start-up
+def measure_startup(
+    net_config: dict[str, Any], root: Path, size: int = 512, timeout_s: float = 300
+) -> dict[str, float]:
+    """Wall seconds of ``predict.py --help`` and of a cold ``predict.py`` run on one image.
+
+    The run reads a checkpoint of ``net_config`` (random weights), a ``size``² PNG and its
+    trimap and writes the alpha (cutout off): process start to exit, as a user sees it.
+    Both are fresh processes; their time includes the interpreter and every import.
+    """
+    import tempfile
+
+    import numpy as np
+    from PIL import Image
+
+    from mematte.checkpoints import build_net
+    from mematte.checkpoints.native import save_net_checkpoint
+
+    times: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as tmp_dir:
+        tmp = Path(tmp_dir)
+        save_net_checkpoint(build_net(net_config), net_config, tmp / "net.ckpt")
+        rng = np.random.default_rng(0)
+        Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(tmp / "image.png")
+        trimap = np.array([0, 128, 255], dtype=np.uint8)[rng.integers(0, 3, (size, size))]
+        Image.fromarray(trimap).save(tmp / "trimap.png")
+        commands = {
+            "help_s": [sys.executable, "predict.py", "--help"],
+            "first_alpha_s": [
+                sys.executable, "predict.py", f"ckpt_path={tmp / 'net.ckpt'}", f"input={tmp / 'image.png'}",
+                f"trimaps={tmp / 'trimap.png'}", f"out={tmp / 'out'}", "cutout=false",
+                f"hydra.run.dir={tmp / 'hydra'}",
+            ],
+        }
+        for key, cmd in commands.items():
+            start = time.perf_counter()
+            proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=timeout_s)
+            times[key] = time.perf_counter() - start
+            if proc.returncode:
+                raise RuntimeError(f"{' '.join(cmd[1:3])} failed ({proc.returncode}): {proc.stderr[-500:]}")
+        if not (tmp / "out" / "alpha" / "image.png").is_file():
+            raise RuntimeError("predict.py wrote no alpha; the start-up measurement is void")
+    return times
+
+
+# --------------------------------------------------------------------------- targets
+@dataclass
+class TargetResult:
+    """One target of the benchmark config checked on this run's measurements."""
+
+    name: str
+    measured: float | None
+    limit: float
+    unit: str
+    detail: str = ""
+
+    @property
+    def status(self) -> str:
+        if self.measured is None:
+            return "not measured"
+        return "met" if self.measured <= self.limit else "not met"
+
+
+def _point(results: Sequence[PointResult], model: str, size: Sequence[int]) -> PointResult | None:
+    return next((r for r in results if r.model == model and (r.height, r.width) == tuple(size)), None)
+
+
+def estimate_errors(results: Sequence[PointResult]) -> dict[str, float]:
+    """``estimated / measured − 1`` (activations, no weights) of every measured point."""
+    return {point_key(r.model, r.height, r.width): estimated_activations(r) / r.peak_bytes - 1
+            for r in results if r.status == "ok" and r.peak_bytes and r.estimate_bytes is not None}
+
+
+def check_targets(
+    results: Sequence[PointResult], targets: Sequence[Any], startup: dict[str, float]
+) -> list[TargetResult]:
+    """Evaluate each configured target (``kind``: memory_ratio, latency_ratio, peak_gib,
+    estimate_error, startup_s) on this run's points; ratios need both points measured, a
+    memory ratio against a reference skipped for memory uses its estimate (as the table)."""
+    checked = []
+    for t in targets:
+        kind, limit = str(t.kind), float(t.max)
+        measured, unit, detail = None, "", ""
+        if kind in ("memory_ratio", "latency_ratio"):
+            unit = "×"
+            ratios = reference_ratios(results, str(t.reference))
+            key = (str(t.model), int(t.size[0]), int(t.size[1]))
+            if key in ratios:
+                mem, lat, estimated = ratios[key]
+                measured = mem if kind == "memory_ratio" else lat
+                detail = "reference estimated" if estimated and kind == "memory_ratio" else ""
+        elif kind == "peak_gib":
+            unit = "GiB"
+            r = _point(results, str(t.model), t.size)
+            if r is not None and r.status == "ok":
+                measured = r.peak_bytes / GIB
+        elif kind == "estimate_error":
+            unit = "|est/peak − 1|"
+            errors = estimate_errors(results)
+            if errors:
+                worst = max(errors, key=lambda k: abs(errors[k]))
+                measured, detail = abs(errors[worst]), f"worst {worst}: {errors[worst]:+.1%}"
+        elif kind == "startup_s":
+            unit = "s"
+            measured = startup.get(str(t.what))
+        else:
+            raise ValueError(f"unknown target kind {kind!r} in the bench config's targets; "
+                             "use memory_ratio, latency_ratio, peak_gib, estimate_error or startup_s")
+        checked.append(TargetResult(str(t.name), measured, limit, unit, detail))
+    return checked
+
+
+def targets_table(checked: Sequence[TargetResult]) -> str:
+    """The targets as markdown: measured value, limit, met or not."""
+    lines = ["| target | measured | limit | status | note |", "|---|---:|---:|---|---|"]
+    for t in checked:
+        value = "" if t.measured is None else f"{t.measured:.3f} {t.unit}"
+        lines.append(f"| {t.name} | {value} | ≤ {t.limit:g} {t.unit} | {t.status} | {t.detail} |")
+    return "\n".join(lines) + "\n"
 
 
 # --------------------------------------------------------------------------- reports
@@ -465,9 +600,9 @@ def markdown_table(results: Sequence[PointResult], cfg: DictConfig, budget: int)
         f"first run counts, repeats stop after {cfg.max_seconds:g} s). Peak = growth over the idle "
         "process (weights and input resident); estimated = the pre-run estimate without weights.",
         "",
-        f"| model | image | status | peak MiB | estimated MiB | latency s | global tokens / block | "
+        f"| model | image | status | decoder tile | peak MiB | estimated MiB | latency s | global tokens / block | "
         f"memory vs. {ref_label} | latency vs. {ref_label} |",
-        "|---|---|---|---:|---:|---:|---|---:|---:|",
+        "|---|---|---|---:|---:|---:|---:|---|---:|---:|",
     ]
     for r in results:
         mem_ratio, lat_ratio, estimated = ratios.get((r.model, r.height, r.width), (None, None, False))
@@ -476,7 +611,8 @@ def markdown_table(results: Sequence[PointResult], cfg: DictConfig, budget: int)
         if r.global_tokens and r.tokens:
             tokens = f"{r.global_tokens[0]:,} of {r.tokens:,}"
         lines.append(
-            f"| {labels.get(r.model, r.model)} | {_size(r)} | {status} | {_mib(r.peak_bytes)} | "
+            f"| {labels.get(r.model, r.model)} | {_size(r)} | {status} | {'whole' if r.tile is None else r.tile} | "
+            f"{_mib(r.peak_bytes)} | "
             f"{_mib(estimated_activations(r))} | {'' if r.latency_s is None else f'{r.latency_s:.2f}'} | {tokens} | "
             f"{'' if mem_ratio is None else f'{mem_ratio:.3f}' + (' (vs. estimate)' if estimated else '')} | "
             f"{'' if lat_ratio is None else f'{lat_ratio:.3f}'} |"
@@ -544,10 +680,19 @@ def plot(results: Sequence[PointResult], cfg: DictConfig, path: Path) -> None:
     plt.close(fig)
 
 
-def write_reports(results: Sequence[PointResult], cfg: DictConfig, stem: Path, budget: int) -> None:
-    """``<stem>.csv``, ``<stem>.md`` and ``<stem>.png`` (each written atomically)."""
+def write_reports(
+    results: Sequence[PointResult], cfg: DictConfig, stem: Path, budget: int, startup: dict[str, float] | None = None
+) -> None:
+    """``<stem>.csv``, ``<stem>.md`` (table, start-up, targets) and ``<stem>.png`` (atomically)."""
     write_csv(results, stem.with_suffix(".csv"))
     text = f"# Benchmark `{stem.name}`\n\n" + _environment_line() + "\n\n" + markdown_table(results, cfg, budget)
+    if startup:
+        text += ("\nStart-up (fresh processes, wall seconds): "
+                 + ", ".join(f"{k.removesuffix('_s').replace('_', ' ')} {v:.2f} s" for k, v in startup.items()) + ".\n")
+    if cfg.get("targets"):
+        text += ("\n## Targets\n\nEach checked on this run's points (ratios of points measured in the same "
+                 "run, so shared-CPU contention affects both sides alike).\n\n"
+                 + targets_table(check_targets(results, cfg.targets, startup or {})))
     atomic_write_text(stem.with_suffix(".md"), text)
     if results:
         plot(results, cfg, stem.with_suffix(".png"))

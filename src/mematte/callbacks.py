@@ -7,6 +7,8 @@
 * :class:`InferenceProfiler` — per-image latency and peak memory of the net's forward pass in
   the test (and optionally validation) loop, logged as ``<stage>/latency_s`` and
   ``<stage>/peak_mib`` with the metrics (``metrics.json``, eval JSON, W&B, report tables).
+* :class:`StepProgressBar` — Rich progress bar that counts optimiser steps of the whole run
+  (``step 120/2000``) when training is bounded by ``max_steps``, instead of ``Epoch 0/-2``.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 from lightning import Callback, LightningModule, Trainer
+from lightning.pytorch.callbacks import RichProgressBar
 from lightning.pytorch.loggers import WandbLogger
 from torch import Tensor
 
@@ -27,7 +30,7 @@ from mematte.image_io import write_png
 from mematte.profiling import PeakMemory
 from mematte.visualize import matting_panel, routing_overlay
 
-__all__ = ["MattingPanels", "InferenceProfiler"]
+__all__ = ["MattingPanels", "InferenceProfiler", "StepProgressBar"]
 
 MIB = 1024**2
 
@@ -251,3 +254,41 @@ class InferenceProfiler(Callback):
 
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         self._end_hooks()
+
+
+class StepProgressBar(RichProgressBar):
+    """Lightning's Rich progress bar, counting optimiser steps when training is step-based.
+
+    With ``max_steps`` set and no epoch limit (``max_epochs`` -1 or None, this project's
+    trainers) the training bar spans the whole run: ``step 120/2000``, ``completed`` being
+    ``trainer.global_step``, and it does not restart at each pass over the data. Lightning's
+    own bar would read ``Epoch 0/-2`` (``max_epochs - 1``) and count batches of the current
+    epoch. With an epoch limit it is Lightning's bar unchanged. Takes RichProgressBar's
+    arguments.
+    """
+
+    def _step_based(self) -> bool:
+        max_epochs = self.trainer.max_epochs
+        return self.trainer.max_steps > 0 and (max_epochs is None or max_epochs < 0)
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        if not self._step_based():
+            return super()._get_train_description(current_epoch)
+        # as wide as "Validation" so the bars do not shift when one replaces the other
+        return f"{'step':{len(self.validation_description)}}"
+
+    def _show_steps(self, trainer: Trainer) -> None:
+        if self.progress is not None and self.train_progress_bar_id is not None:
+            self.progress.update(self.train_progress_bar_id, total=trainer.max_steps, completed=trainer.global_step)
+            self.refresh()
+
+    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        super().on_train_epoch_start(trainer, pl_module)
+        if self._step_based():
+            self._show_steps(trainer)
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        if self._step_based():
+            self._show_steps(trainer)

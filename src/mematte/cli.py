@@ -6,6 +6,7 @@ import json
 import logging
 import math
 import os
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -43,8 +44,43 @@ def apply_extras(cfg: DictConfig) -> None:
 
         # CPU intra-op threads; parallel lanes of small jobs (make ablate) run one thread each
         torch.set_num_threads(int(extras.threads))
+    if "lightning" in sys.modules:  # train and eval import it first; predict and bench need not
+        route_lightning_logs_to_root()
     if extras.get("print_config"):
         print_config(cfg)
+
+
+# Lightning's packages log through a console handler of their own (`lightning` prints
+# "INFO: ..." to stderr) and also propagate to the root logger, where Hydra's handlers print
+# the same record again (and write it to the job's log file).
+_LIGHTNING_LOGGERS = ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning", "lightning_fabric")
+
+
+def _not_an_advertisement(record: logging.LogRecord) -> bool:
+    """False for the "💡 Tip: ... try installing litlogger" line every Trainer logs."""
+    return not str(record.msg).startswith("💡 Tip:")
+
+
+def route_lightning_logs_to_root() -> None:
+    """One line per Lightning log event: drop Lightning's own console handlers and let its
+    records propagate to the root logger's handlers (Hydra's console and job log file).
+    Also drops the product tip each Trainer logs (no event of the run).
+
+    Does nothing while the root logger has no handler (outside Hydra), where Lightning's own
+    handlers are the only ones that print.
+    """
+    if not logging.getLogger().handlers:
+        return
+    for name in _LIGHTNING_LOGGERS:
+        logger = logging.getLogger(name)
+        for handler in list(logger.handlers):
+            # console handlers only (a FileHandler is a StreamHandler too, and one of ours)
+            if type(handler) is logging.StreamHandler:
+                logger.removeHandler(handler)
+        logger.propagate = True
+    rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if _not_an_advertisement not in rank_zero.filters:
+        rank_zero.addFilter(_not_an_advertisement)
 
 
 def print_config(cfg: DictConfig) -> None:
@@ -438,6 +474,7 @@ def _evaluate(cfg: DictConfig) -> dict[str, Any]:
 
     from mematte.data.folders import format_problems
     from mematte.lit_module import MattingModule
+    from mematte.presets import inference_rules
 
     apply_extras(cfg)
     L.seed_everything(cfg.seed, workers=True)
@@ -466,14 +503,22 @@ def _evaluate(cfg: DictConfig) -> dict[str, Any]:
             "`baseline=closed_form` (or knn, lkm, fill_half)"
         )
     else:
-        ckpt_path = Path(cfg.ckpt_path)
-        # ours, an official ViTMatte/MEMatte .pth or a Hugging Face folder (mematte.checkpoints);
-        # read once: the format and the step come with the weights
-        weights = read_weights(ckpt_path)
+        # ours, an official ViTMatte/MEMatte .pth, a Hugging Face folder or hub id
+        # (mematte.checkpoints); read once: the format and the step come with the weights
+        weights = read_weights(cfg.ckpt_path, trust=bool(cfg.get("trust_checkpoint", False)))
+        ckpt_path = weights.source
         net = net_from_weights(weights)
         ours = weights.format == "mematte"
         configure_routed_inference(net, **overrides)
-    module = MattingModule(net=net, eval_region=cfg.eval_region)
+    preset = str(cfg.get("preset") or "default")
+    if baseline is not None and preset != "default":
+        log.warning("preset=%s describes the official nets' scripts; baseline=%s is scored as is", preset, baseline)
+        preset = "default"
+    if baseline is None:
+        rules = inference_rules(preset, bool(net.is_routed))
+        if rules.max_tokens is not None and "max_tokens" not in overrides:
+            configure_routed_inference(net, max_tokens=rules.max_tokens)
+    module = MattingModule(net=net, eval_region=cfg.eval_region, inference_preset=preset)
 
     # only the scored split is built: evaluating needs neither the training data (nor its
     # batch augmentation) nor the other split
@@ -511,10 +556,12 @@ def _evaluate(cfg: DictConfig) -> dict[str, Any]:
         "skipped": skipped,
     }
     payload["routed_inference"] = overrides
+    payload["preset"] = preset
     write_json(Path(cfg.paths.output_dir) / "metrics.json", payload)
     if ours:  # next to the training run (<run>/checkpoints/x.ckpt → <run>/eval/), for reports
         run_dir = ckpt_path.resolve().parent.parent
         suffix = "".join(f"_{k}-{v}" for k, v in sorted(overrides.items()))
+        suffix += f"_preset-{preset}" if preset != "default" else ""
         write_json(run_dir / "eval" / f"{data_name}_{cfg.split}{suffix}.json", payload)
     log.info("metrics: %s", metrics)
     if skipped:
@@ -541,10 +588,11 @@ def _user_error(err: BaseException) -> BaseException | None:
     """The user error behind ``err`` (Hydra's InstantiationException wraps it), or None."""
     from omegaconf.errors import MissingMandatoryValue
 
+    from mematte.atomic import DiskFullError
     from mematte.inference import MemoryBudgetError
     from mematte.lit_module import NonFiniteTrainingError
 
-    kinds = (*USER_ERRORS, MissingMandatoryValue, MemoryBudgetError, NonFiniteTrainingError)
+    kinds = (*USER_ERRORS, MissingMandatoryValue, MemoryBudgetError, NonFiniteTrainingError, DiskFullError)
     seen = set()
     while err is not None and id(err) not in seen:
         seen.add(id(err))

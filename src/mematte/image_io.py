@@ -257,10 +257,13 @@ def _gray_of(img: Image.Image, path: Path, alpha_if_present: bool) -> np.ndarray
 
 # --------------------------------------------------------------------------- writing
 def to_uint8(array: np.ndarray, bits: int = 8) -> np.ndarray:
-    """Scale an array to ``bits``-bit integers for saving.
+    """Scale an array to ``bits``-bit integers: the one rule for what is saved and what is scored.
 
-    Float data is taken as [0, 1] (clipped) and rounded; uint8 input is widened by ×257 for
-    16 bits; uint16 input is kept at 16 bits and narrowed by ``round(v / 257)`` at 8 bits.
+    Float data is taken as [0, 1] (clipped) and rounded to nearest with halves up, MATLAB's
+    ``im2uint8`` rounding (a trimap value 0.5 becomes 128), in the input's precision (float64
+    stays float64; anything else works in float32), so a map scored by :mod:`mematte.metrics`
+    equals the PNG written from it. uint8 input is widened by ×257 for 16 bits; uint16 input is
+    kept at 16 bits and narrowed by ``round(v / 257)`` at 8 bits.
 
     Returns:
         uint8 (bits=8) or uint16 (bits=16) array of the same shape.
@@ -271,11 +274,13 @@ def to_uint8(array: np.ndarray, bits: int = 8) -> np.ndarray:
     top = 255 if bits == 8 else 65535
     dtype = np.uint8 if bits == 8 else np.uint16
     if array.dtype.kind == "f":
-        # one float32 working copy, scaled in place (a 6000×5000 RGBA cutout is 480 MB of it)
-        scaled = np.nan_to_num(array.astype(np.float32, copy=True), copy=False)
+        # one working copy, scaled in place (a 6000×5000 RGBA cutout is 480 MB of it in float32)
+        work = np.float64 if array.dtype == np.float64 else np.float32
+        scaled = np.nan_to_num(array.astype(work, copy=True), copy=False)
         np.clip(scaled, 0.0, 1.0, out=scaled)
         scaled *= top
-        return np.rint(scaled, out=scaled).astype(dtype)
+        scaled += 0.5
+        return np.floor(scaled, out=scaled).astype(dtype)
     if array.dtype == np.uint8:
         return array if bits == 8 else array.astype(np.uint16) * 257
     if array.dtype == np.uint16:

@@ -34,25 +34,26 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from mematte.data.composition import TRIMAP_HIGH_U8, TRIMAP_LOW_U8
-from mematte.models.decoder import DetailCapture
-from mematte.models.matting_net import MattingNet, clamp_to_trimap
+from mematte.models.decoder import BAND_HALO, DetailCapture
+from mematte.models.matting_net import MattingNet, padded_size
 from mematte.models.routed_block import INFERENCE_RULES, RoutedBlock
 from mematte.models.vit import RoutingInfo, ViT
+from mematte.presets import encode_trimap, finish_alpha, inference_rules
 
 log = logging.getLogger("mematte")
 
 __all__ = [
+    "AUTO_TILES",
     "MemoryBudgetError",
     "Prediction",
     "Predictor",
+    "auto_tile",
     "configure_routed_inference",
     "decode_tiled",
     "decoder_context_radius",
     "decoder_stride",
     "decoder_tile_peak_bytes",
     "estimate_peak_bytes",
-    "quantise_trimap",
 ]
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
@@ -88,10 +89,11 @@ def decoder_context_radius(decoder: DetailCapture) -> int:
     return radius + 1  # 3×3 conv of the matting head
 
 
-def _check_multiple(name: str, value: int, stride: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0 or value % stride:
+def _check_multiple(name: str, value: int, stride: int, allow_zero: bool = False) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < (0 if allow_zero else 1) or value % stride:
         raise ValueError(
-            f"{name}={value!r} must be a positive multiple of {stride} (the decoder stride) so that "
+            f"{name}={value!r} must be a {'non-negative' if allow_zero else 'positive'} multiple of "
+            f"{stride} (the decoder stride) so that "
             f"the feature crop at 1/{stride} and all strided levels align exactly; "
             f"round {name} up to a multiple of {stride}"
         )
@@ -128,14 +130,16 @@ def decode_tiled(
         features: (B, C, H/16, W/16) backbone features.
         images: (B, 4, H, W) normalised decoder input (already padded; H, W multiples of 16).
         tile: output tile side in pixels, a positive multiple of 16.
-        context: extra input pixels on every side of a tile, a positive multiple of 16.
+        context: extra input pixels on every side of a tile, a multiple of 16; 0 = the official
+            MEMatte decoder's patches (zero-padded at every patch border, so not exact there;
+            for baselines).
 
     Returns:
         alpha: (B, 1, H, W) in [0, 1], same dtype/device as the decoder output.
     """
     stride = decoder_stride(decoder)
     _check_multiple("tile", tile, stride)
-    _check_multiple("context", context, stride)
+    _check_multiple("context", context, stride, allow_zero=True)
     if decoder.training:
         raise ValueError(
             "decoder is in training mode: BatchNorm would use per-tile batch statistics; "
@@ -189,20 +193,20 @@ def decoder_tile_peak_bytes(
     unclipped, side ``S = tile + 2 * context``, and the peak is the largest sum of tensors that
     are alive together during one fusion block or the matting head:
 
-    * the conv-stream levels D0..D3 (kept alive for the whole decoder),
-    * the feature crop (S/16)²·C (D0 and the feature crop are views of the caller's tensors,
-      counted anyway: convs may copy a non-contiguous view),
+    * the conv-stream levels not yet fused (D0 is a view of the caller's tensor, counted
+      anyway: convs may copy a non-contiguous view) and the feature crop (S/16)²·C,
     * inside fusion block ``i``: its input, the ×2 upsampled input, the concat with the detail
-      level, and the conv output plus its BatchNorm output (ReLU is in place),
-    * inside the head: the last fusion output, the 3×3 conv and BatchNorm outputs, the logit
-      and the sigmoid.
+      level and the conv output (plus its BatchNorm copy unless the decoder folds it); with
+      ``band_pixels`` (:func:`~mematte.models.decoder.in_row_bands`) these are one band's
+      (its rows plus the halo) and the stage's full-size output buffer comes on top,
+    * inside the head (fused with the last block): the 3×3 conv output (and BatchNorm copy),
+      the logit and the sigmoid.
 
-    The last fusion block (at full window resolution) dominates. Backend workspaces (cuDNN,
-    im2col) and allocator rounding are not counted; the (B, 1, H, W) output of
-    :func:`decode_tiled` is not included either.
+    Backend workspaces (cuDNN, im2col) and allocator rounding are not counted; the
+    (B, 1, H, W) output of :func:`decode_tiled` is not included either.
 
     Args:
-        decoder: the detail-capture decoder (widths are read from it).
+        decoder: the detail-capture decoder (widths and band size are read from it).
         tile: output tile side in pixels.
         context: context pixels on every side.
         feature_chans: backbone feature channels C.
@@ -215,8 +219,10 @@ def decoder_tile_peak_bytes(
     stride = decoder_stride(decoder)
     conv_chans = decoder.convstream.conv_chans  # [4, c1, c2, c3]
     levels = [conv_chans[k] * (side // 2**k) ** 2 for k in range(len(conv_chans))]
-    details = sum(levels)
     feats = feature_chans * (side // stride) ** 2
+    band_pixels = decoder.band_pixels
+    bn_copies = 1 if decoder.matting_head.fold_bn else 2
+    mid_chans = decoder.matting_head.matting_convs[0].out_channels
 
     peak = 0
     x_chans, x_side = feature_chans, side // stride
@@ -225,16 +231,18 @@ def decoder_tile_peak_bytes(
         out_side = x_side * 2
         detail_chans = conv_chans[n - i - 1]
         out_chans = blk.conv.conv.out_channels
-        x_in = x_chans * x_side**2
-        up = x_chans * out_side**2
-        cat = (x_chans + detail_chans) * out_side**2
-        conv_bn = 2 * out_chans * out_side**2
-        peak = max(peak, feats + details + x_in + up + cat + conv_bn)
+        rows = out_side  # output rows computed at once
+        if band_pixels is not None:
+            band = max(2, band_pixels // out_side // 2 * 2)
+            if band < out_side:
+                rows = min(out_side, band + 4 * BAND_HALO)
+        per_row = (x_chans + (x_chans + detail_chans) + bn_copies * out_chans) * out_side
+        if i == n - 1:  # the head runs on the same band, once up and concat are freed
+            per_row = max(per_row, (out_chans + bn_copies * mid_chans + 2) * out_side)
+        full_out = (1 if i == n - 1 else out_chans) * out_side**2 if rows < out_side else 0
+        alive = feats + sum(levels[: n - i]) + x_chans * x_side**2
+        peak = max(peak, alive + rows * per_row + full_out)
         x_chans, x_side = out_chans, out_side
-
-    mid_chans = decoder.matting_head.matting_convs[0].out_channels
-    head = x_chans * x_side**2 + 2 * mid_chans * x_side**2 + 2 * x_side**2
-    peak = max(peak, feats + details + head)
     return int(peak * dtype_bytes)
 
 
@@ -278,10 +286,11 @@ def _backbone_peak_elements(
 
 
     Counts the residual stream (block input and output), and per block type the tensors that
-    coexist at its widest point: qkv and its head-split copy, the folded rel-pos terms of one
-    group of heads (:meth:`~mematte.models.attention.Attention.fold_chunk`, as the forward
-    pass groups them), or the N×N matrices of the naive path, the MLP hidden layer and its
-    GELU, and for routed blocks the router, the LTRM's 2C-wide layers and the gathered K tokens.
+    coexist at its widest point: qkv and its head-split copy, the rel-pos bias mask of one
+    query chunk (:meth:`~mematte.models.attention.Attention.rel_pos_peak_elements`, as the
+    forward pass chunks it), or the N×N matrices of the naive path, the MLP hidden layer and
+    its GELU for one chunk of tokens (:class:`~mematte.models.layers.Mlp`) plus its output,
+    and for routed blocks the router, the LTRM's 2C-wide layers and the gathered K tokens.
     """
     hg, wg = grid
     n = hg * wg
@@ -290,33 +299,39 @@ def _backbone_peak_elements(
     for block in backbone.blocks:
         attn = block.attn
         heads = attn.num_heads
-        fold = 0  # folded rel-pos elements of one call (all images of the batch)
-        matrices = 0  # naive attention's N×N matrices (all images of the batch)
+        bias = 0  # rel-pos mask of one query chunk (all images of the batch)
+        matrices = 0  # naive attention's N×N matrices of one call (all images of the batch)
         if isinstance(block, RoutedBlock):
             k = _routed_tokens(block, n)
-            mixing = 6 * n * c + 8 * k * c  # router + LTRM (2C wide) + y; gathered qkv/attn
+            # router + LTRM (2C wide) + y; gathered qkv/attn
+            mixing = batch * (6 * n * c + 8 * k * c)
             if attn.attn_impl == "naive":
-                matrices = 2 * heads * k * k
-        else:
-            if block.window_size > 0:
-                s = block.window_size
-                windows = math.ceil(hg / s) * math.ceil(wg / s)
-                tokens, call_tokens, call_grid = windows * s * s, s * s, (s, s)
-            else:
-                windows, tokens, call_tokens, call_grid = 1, n, n, grid
-            mixing = n * c + 6 * tokens * c
+                matrices = 2 * batch * heads * k * k
+        elif block.window_size > 0:
+            s = block.window_size
+            windows = batch * math.ceil(hg / s) * math.ceil(wg / s)
+            group = block.window_group(windows)  # windows per attention call at inference
+            # y (or its padded copy), the windows, and per call qkv, its head split, the
+            # output and its projection; later the unpartitioned copy
+            mixing = batch * n * c + windows * s * s * c + 8 * group * s * s * c
             if attn.attn_impl == "naive":
-                matrices = 3 * heads * tokens * call_tokens  # logits, biased copy, softmax
+                matrices = 3 * group * heads * (s * s) ** 2  # logits, biased copy, softmax
             elif attn.use_rel_pos:
-                units = batch * windows * heads  # the B·heads axis of the attention call
-                group = min(units, attn.fold_chunk(call_tokens, call_grid, element_bytes))
-                fold = group * attn.fold_elements(call_tokens, call_grid)
-        mixing += matrices
-        mlp = 2 * block.mlp.fc1.out_features * n
-        block_peak = max(batch * (2 * n * c + max(mixing, mlp)), batch * (2 * n * c + mixing) + fold)
+                bias = attn.rel_pos_peak_elements(group * heads, (s, s), element_bytes)
+        else:
+            mixing = batch * 7 * n * c  # y, qkv, its head split
+            if attn.attn_impl == "naive":
+                matrices = 3 * batch * heads * n * n
+            elif attn.use_rel_pos:
+                bias = attn.rel_pos_peak_elements(batch * heads, grid, element_bytes)
+        mixing += matrices + bias
+        chunk = block.mlp.chunk_tokens
+        hidden_tokens = batch * n if chunk is None else min(batch * n, chunk)
+        mlp = 2 * block.mlp.fc1.out_features * hidden_tokens + (0 if chunk is None else batch * n * c)
+        block_peak = batch * 2 * n * c + max(mixing, mlp)
         if block_peak > peak:
             peak = block_peak
-            matrices_at_peak = batch * matrices if mixing >= mlp or fold else 0
+            matrices_at_peak = matrices if mixing >= mlp else 0
     return peak, matrices_at_peak
 
 
@@ -382,30 +397,42 @@ def estimate_peak_bytes(
     }
 
 
+# decoder tiles auto_tile chooses from, largest first (fewer overlapping windows, less time)
+AUTO_TILES: tuple[int, ...] = (2048, 1536, 1024, 768, 512, 384, 256)
+# without a budget, tiles below this are not worth their extra overlap (time) on CPU
+AUTO_MIN_TILE = 512
+
+
+def auto_tile(
+    net: MattingNet,
+    height: int,
+    width: int,
+    *,
+    batch: int = 1,
+    context: int = 64,
+    dtype_bytes: int = 4,
+    budget_bytes: int | None = None,
+) -> int:
+    """Decoder tile from the memory budget: the largest of :data:`AUTO_TILES` whose estimated
+    peak (:func:`estimate_peak_bytes`) fits ``budget_bytes`` (the smallest when none does).
+    Without a budget: the largest whose decoder part stays under the backbone's, so the
+    decoder adds no peak of its own, but at least :data:`AUTO_MIN_TILE`.
+    """
+    for tile in AUTO_TILES:
+        if budget_bytes is None and tile <= AUTO_MIN_TILE:
+            return AUTO_MIN_TILE
+        parts = estimate_peak_bytes(net, height, width, batch=batch, tile=tile, context=context,
+                                    dtype_bytes=dtype_bytes)
+        if (parts["total"] <= budget_bytes) if budget_bytes is not None else (parts["decoder"] <= parts["backbone"]):
+            return tile
+    return AUTO_TILES[-1]
+
+
 class MemoryBudgetError(RuntimeError):
     """The estimated peak exceeds the memory budget; raised before anything runs."""
 
 
 # --------------------------------------------------------------------------- predictor
-def quantise_trimap(trimap: Tensor) -> Tensor:
-    """Trimap to {0, 0.5, 1}: uint8 0..255 (<85 → 0, ≥170 → 1, else 0.5) or float in [0, 1]
-    (thresholds 1/3 and 2/3). Returns float32 of the same shape."""
-    if trimap.dtype == torch.uint8:
-        t = trimap.float()
-        low, high = float(TRIMAP_LOW_U8), float(TRIMAP_HIGH_U8)
-    elif trimap.is_floating_point():
-        t = trimap.float()
-        if t.numel() and (t.min() < 0 or t.max() > 1):
-            raise ValueError("a float trimap must lie in [0, 1] (or pass uint8 0..255)")
-        low, high = 1 / 3, 2 / 3
-    else:
-        raise TypeError(f"trimap dtype {trimap.dtype} unsupported: pass uint8 0..255 or float in [0, 1]")
-    out = torch.full_like(t, 0.5)
-    out[t < low] = 0.0
-    out[t >= high] = 1.0
-    return out
-
-
 @dataclass
 class Prediction:
     """Predictor result.
@@ -434,10 +461,14 @@ class Predictor:
         precision: ``auto`` (bf16 autocast on CUDA GPUs that support it, else fp16; fp32 on
             CPU), ``fp32``, ``bf16`` or ``fp16``.
         tile, context: decoder tiling (multiples of 16); ``tile=None`` decodes the whole image
-            in one call (the original code's way, for baselines: full-resolution activations).
+            in one call (the original code's way, for baselines: full-resolution activations);
+            ``tile="auto"`` picks one per image size (:meth:`choose_tile`).
         memory_budget_gb: refuse images whose estimated peak exceeds this; None = no check.
-        max_tokens: cap on global-attention tokens per routed block and image.
+        max_tokens: cap on global-attention tokens per routed block and image (None: the
+            preset's — none for ``default``, 18,500 for ``official`` MEMatte).
         routed_inference: ``argmax`` or ``expected`` for routed blocks (None = as built).
+        preset: ``default`` (ours) or ``official``: the released scripts' trimap values,
+            padding, token cap, clamping and 8-bit truncation (:mod:`mematte.presets`).
     """
 
     def __init__(
@@ -445,20 +476,24 @@ class Predictor:
         net: MattingNet,
         device: str | torch.device = "cpu",
         precision: Precision = "auto",
-        tile: int | None = 512,
+        tile: int | Literal["auto"] | None = 512,
         context: int = 64,
         memory_budget_gb: float | None = None,
         max_tokens: int | None = None,
         routed_inference: str | None = None,
+        preset: str = "default",
     ) -> None:
         if precision not in PRECISIONS:
             raise ValueError(f"precision={precision!r}: choose one of {list(PRECISIONS)}")
         stride = decoder_stride(net.decoder)
-        if tile is not None:
+        if tile is not None and tile != "auto":
             _check_multiple("tile", tile, stride)
-        _check_multiple("context", context, stride)
+        _check_multiple("context", context, stride, allow_zero=True)
         self.device = torch.device(device)
         self.net = net.eval().to(self.device)
+        self.rules = inference_rules(preset, bool(self.net.is_routed))
+        if max_tokens is None:
+            max_tokens = self.rules.max_tokens
         configure_routed_inference(self.net, routed_inference, max_tokens)
         self.precision = precision
         self.tile = tile
@@ -474,11 +509,27 @@ class Predictor:
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return torch.bfloat16 if self.precision == "bf16" else torch.float16
 
-    def estimate(self, height: int, width: int, batch: int = 1) -> dict[str, int]:
-        """Peak-memory estimate for an image size (see :func:`estimate_peak_bytes`)."""
+    def choose_tile(self, height: int, width: int, batch: int = 1) -> int | None:
+        """The decoder tile for an image: ``tile`` as given, or :func:`auto_tile` for ``"auto"``."""
+        if self.tile != "auto":
+            return self.tile
+        budget = None if self.memory_budget_gb is None else int(self.memory_budget_gb * GIB)
+        if self.rules.padding != "aligned":
+            height, width = padded_size(height, width, self.net.size_divisor, self.rules.padding)
+        return auto_tile(self.net, height, width, batch=batch, context=self.context,
+                         dtype_bytes=4 if self.autocast_dtype is None else 2, budget_bytes=budget)
+
+    def _estimate(self, height: int, width: int, batch: int, tile: int | None) -> dict[str, int]:
         dtype_bytes = 4 if self.autocast_dtype is None else 2
-        return estimate_peak_bytes(self.net, height, width, batch=batch, tile=self.tile,
+        if self.rules.padding != "aligned":  # the preset's padded size is what runs
+            height, width = padded_size(height, width, self.net.size_divisor, self.rules.padding)
+        return estimate_peak_bytes(self.net, height, width, batch=batch, tile=tile,
                                    context=self.context, dtype_bytes=dtype_bytes)
+
+    def estimate(self, height: int, width: int, batch: int = 1) -> dict[str, int]:
+        """Peak-memory estimate for an image size (see :func:`estimate_peak_bytes`), with the
+        tile :meth:`choose_tile` picks."""
+        return self._estimate(height, width, batch, self.choose_tile(height, width, batch))
 
     def check_budget(self, height: int, width: int, batch: int = 1) -> dict[str, int]:
         """The estimate, or :class:`MemoryBudgetError` naming it and the fix."""
@@ -525,17 +576,19 @@ class Predictor:
             raise TypeError(f"image dtype {image.dtype} unsupported: pass uint8 or float in [0, 1]")
         b, _, h, w = image.shape
         estimate = self.check_budget(h, w, b)
-        trimap = quantise_trimap(trimap).to(self.device)
+        trimap = encode_trimap(trimap, self.rules.trimap_encoding).to(self.device)
         image = image.float().to(self.device)
         dtype = self.autocast_dtype
         with torch.inference_mode(), torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None):
-            x = self.net.prepare_inputs(image, trimap)
+            x = self.net.prepare_inputs(image, trimap, self.rules.padding)
+            del image  # the normalised, padded copy in x is all that is needed from here
             backbone_out = self.net.backbone(x)
             routing = backbone_out.routing
             if self.tile is None:
                 alpha = self.net.decoder(backbone_out.features, x)
             else:
-                alpha = decode_tiled(self.net.decoder, backbone_out.features, x, self.tile, self.context)
+                tile = self.choose_tile(h, w, b)
+                alpha = decode_tiled(self.net.decoder, backbone_out.features, x, tile, self.context)
             del x, backbone_out  # free the full-resolution input and the features early
-            alpha = clamp_to_trimap(alpha[..., :h, :w].float(), trimap)
+            alpha = finish_alpha(alpha[..., :h, :w], trimap, self.rules)
         return Prediction(alpha=alpha.cpu(), routing=routing, estimate=estimate)

@@ -31,9 +31,10 @@ from torch.optim.lr_scheduler import LRScheduler
 
 from mematte.losses import KeepRatioLoss, MattingLoss, distillation_loss
 from mematte.metrics import MattingMetrics, RoutingStats
-from mematte.models.matting_net import MattingNet, MattingOutput, clamp_to_trimap
+from mematte.models.matting_net import MattingNet, MattingOutput
 from mematte.models.vit import RoutingInfo
 from mematte.optim import param_groups
+from mematte.presets import encode_trimap, finish_alpha, inference_rules
 from mematte.resilience import collect_rng_state, restore_rng_state
 
 Batch = Mapping[str, Any]
@@ -115,6 +116,7 @@ class MattingModule(LightningModule):
         teacher: nn.Module | None = None,
         distill_weight: float = 1.0,
         max_nonfinite_steps: int | None = 5,
+        inference_preset: str = "default",
     ) -> None:
         super().__init__()
         # Only plain values go to hparams so checkpoints load with torch.load(weights_only=True).
@@ -131,6 +133,8 @@ class MattingModule(LightningModule):
             # The frozen teacher is in eval mode on purpose; Lightning would warn about it.
             warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training")
         self.routed_block_indexes = net.backbone.routed_block_indexes
+        # how validation / test encode the trimap, pad, clamp and round (mematte.presets)
+        self.inference_rules = inference_rules(inference_preset, net.is_routed)
         self.val_metrics = MattingMetrics(region=eval_region).clone(prefix="val/")
         self.test_metrics = MattingMetrics(region=eval_region).clone(prefix="test/")
         # Routing statistics at inference, token-weighted over the split ("mean" pools the blocks).
@@ -173,9 +177,10 @@ class MattingModule(LightningModule):
         if self.teacher is None and self.hparams.distill_weight > 0:
             log.info("no teacher checkpoint given (teacher.ckpt=...): distillation loss is off")
 
-    def forward(self, image: Tensor, trimap: Tensor) -> MattingOutput:
-        """image (B, 3, H, W) in [0, 1], trimap (B, 1, H, W) in {0, 0.5, 1}."""
-        return self.net(image, trimap)
+    def forward(self, image: Tensor, trimap: Tensor, padding: str = "aligned") -> MattingOutput:
+        """image (B, 3, H, W) in [0, 1], trimap (B, 1, H, W) in {0, 0.5, 1}; ``padding``:
+        ``aligned`` or ``official`` (:func:`mematte.models.matting_net.padded_size`)."""
+        return self.net(image, trimap, padding)
 
     # ------------------------------------------------------------------ training
     def compute_losses(self, batch: Batch, out: MattingOutput) -> dict[str, Tensor]:
@@ -250,7 +255,8 @@ class MattingModule(LightningModule):
     def _evaluate_batch(
         self, batch: Batch, metrics: MattingMetrics, routing: nn.ModuleDict
     ) -> dict[str, Any] | None:
-        """Score a batch at full resolution, alpha clamped to the trimap's known regions.
+        """Score a batch at full resolution, finished by the inference preset (by default
+        clamped to the trimap's known regions; :mod:`mematte.presets`).
 
         Returns the clamped alpha (B, 1, H, W) and the routing decisions, for callbacks
         (validation panels, routing maps); None for a batch whose samples all failed to load.
@@ -260,8 +266,12 @@ class MattingModule(LightningModule):
         self.skipped_samples.extend(batch.get("skipped") or [])
         if "image" not in batch:
             return None
-        out = self(batch["image"], batch["trimap"])
-        alpha = clamp_to_trimap(out.alpha, batch["trimap"])
+        rules = self.inference_rules
+        # the net reads the preset's trimap values; metrics and routing statistics keep the
+        # quantised trimap (its unknown region is the scored one)
+        trimap_in = encode_trimap(batch["trimap"], rules.trimap_encoding)
+        out = self(batch["image"], trimap_in, padding=rules.padding)
+        alpha = finish_alpha(out.alpha, trimap_in, rules)
         metrics.update(alpha, batch["alpha"], batch["trimap"])
         if out.routing:
             unknown = self.net.token_unknown_share(batch["trimap"])  # (B, h·w), the routing grid

@@ -34,6 +34,7 @@ import torch
 from scipy import ndimage
 from torchmetrics import Metric, MetricCollection
 
+from mematte.image_io import to_uint8  # the one 8-bit rule: what is saved is what is scored
 from mematte.models.routed_block import argmax_rule, expected_rule
 
 __all__ = [
@@ -69,21 +70,6 @@ _FOUR_CONNECTIVITY = ndimage.generate_binary_structure(2, 1)
 # --------------------------------------------------------------------------------------------
 # Quantisation and regions
 # --------------------------------------------------------------------------------------------
-def to_uint8(x: np.ndarray) -> np.ndarray:
-    """Quantise a float alpha/trimap map in [0, 1] to 8 bits.
-
-    Args:
-        x: float array of any shape, values in [0, 1] (clipped otherwise).
-
-    Returns:
-        ``uint8`` array of the same shape, ``round(x * 255)`` with halves rounded up (MATLAB
-        ``uint8()`` / ``im2uint8`` rounding, so a trimap value 0.5 becomes 128).
-    """
-    # float64 so float32 inputs that are exactly k/255 round back to k.
-    scaled = np.clip(np.asarray(x, dtype=np.float64), 0.0, 1.0) * 255.0
-    return np.floor(scaled + 0.5).astype(np.uint8)
-
-
 def _check_region(region: str) -> str:
     if region not in REGIONS:
         raise ValueError(f"region must be one of {REGIONS}, got {region!r}")

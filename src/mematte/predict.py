@@ -10,7 +10,9 @@ stem and produces, under ``out/``:
 * ``trimap/<stem>.png``  the trimaps built from masks (:func:`trimap_from_mask`).
 
 A bad input (unreadable file, missing or mis-sized trimap, over the memory budget) fails that
-image only; the run goes on and ends with a summary and ``out/failures.json``.
+image only; the run goes on and ends with a summary and ``out/failures.json``. A full disk
+stops the run. A killed run is finished by running it again: every file is written atomically
+and once (only missing outputs are made), and ``failures.json`` is kept current image by image.
 
 Foreground estimation follows Germer et al. 2020, "Fast multi-level foreground estimation"
 (the algorithm of pymatting's ``estimate_foreground_ml``), vectorised in torch.
@@ -19,6 +21,7 @@ Foreground estimation follows Germer et al. 2020, "Fast multi-level foreground e
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 import sys
@@ -33,8 +36,9 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
 from mematte.checkpoints import net_from_any
+from mematte.atomic import DiskFullError, clean_stale_temp_files
 from mematte.cli import apply_extras, run_task, write_json
-from mematte.data.composition import binary_erosion, ellipse_kernel, quantize_trimap, trimap_to_uint8
+from mematte.data.composition import binary_erosion, ellipse_kernel, quantise_trimap, trimap_to_uint8
 from mematte.image_io import (
     IMAGE_EXTENSIONS,
     ImageReadError,
@@ -90,6 +94,8 @@ class PredictOptions:
     memory_budget_gb: float | None = None
     max_tokens: int | None = None
     routed_inference: str | None = None
+    preset: str = "default"
+    trust_checkpoint: bool = False
     overwrite: bool = False
     alpha_bits: int = 8
     cutout: bool = True
@@ -255,6 +261,8 @@ def _load_guide(
         return trimap_from_mask(mask, options.mask_unknown_px, options.mask_threshold)
     trimap = read_gray(job.guide)
     _check_same_size(trimap, job.guide, image_hw, job.image, kind)
+    if options.preset == "official":  # the official scripts feed the file's values as they are
+        return trimap
     if not np.isin(trimap, _TRIMAP_VALUES).all():
         if not state.warned_quantised:
             values = np.unique(trimap[~np.isin(trimap, _TRIMAP_VALUES)])[:5].tolist()
@@ -265,7 +273,7 @@ def _load_guide(
                 job.guide, values,
             )
             state.warned_quantised = True
-        trimap = trimap_to_uint8(quantize_trimap(trimap))
+        trimap = trimap_to_uint8(quantise_trimap(trimap))
     return trimap
 
 
@@ -405,11 +413,12 @@ def estimate_foreground(
 
 
 # --------------------------------------------------------------------------- inputs
-def load_net(ckpt_path: str | Path) -> nn.Module:
+def load_net(ckpt_path: str | Path, trust: bool = False) -> nn.Module:
     """The net of a mematte checkpoint, an official ViTMatte/MEMatte file or a Hugging Face
-    VitMatte folder (:func:`mematte.checkpoints.net_from_any`); errors name the file."""
+    VitMatte folder or hub id (:func:`mematte.checkpoints.net_from_any`); errors name the file.
+    ``trust``: unpickle the file fully (``trust_checkpoint=true``)."""
     try:
-        return net_from_any(ckpt_path)
+        return net_from_any(ckpt_path, trust=trust)
     except RuntimeError as err:  # unreadable checkpoint: report it like a bad path
         raise ValueError(str(err)) from err
 
@@ -458,7 +467,8 @@ def _output_paths(out: Path, stem: str, options: PredictOptions, routed: bool) -
 # --------------------------------------------------------------------------- one image
 def _predict_one(job: _Job, paths: dict[str, Path], predictor: Predictor, options: PredictOptions,
                  state: _RunState) -> None:
-    """Read, matte and write one image; raises on any problem with it."""
+    """Read, matte and write one image's outputs ``paths`` (those still missing when resuming);
+    raises on any problem with it."""
     if job.guide is None:
         raise InputError(job.guide_error or f"no {options.guide_kind}")
     image = read_image(job.image)  # (H, W, 3) uint8
@@ -467,7 +477,8 @@ def _predict_one(job: _Job, paths: dict[str, Path], predictor: Predictor, option
     alpha = prediction.alpha[0, 0]  # (H, W) float32 on the CPU
     if "trimap" in paths:
         write_png(paths["trimap"], trimap)
-    write_png(paths["alpha"], alpha.numpy(), bits=options.alpha_bits)
+    if "alpha" in paths:
+        write_png(paths["alpha"], alpha.numpy(), bits=options.alpha_bits)
     if "cutout" in paths:
         image_t = torch.from_numpy(image).to(predictor.device).permute(2, 0, 1)
         foreground, _ = estimate_foreground(image_t, alpha.to(predictor.device))
@@ -489,17 +500,44 @@ def _reason(err: Exception) -> str:
     return f"{type(err).__name__}: {err}"
 
 
-def _write_failures(out: Path, summary: PredictSummary) -> None:
-    """``out/failures.json`` listing each failed file and why; removed when nothing failed."""
-    path = out / FAILURES_FILE
-    if not summary.failed:
-        path.unlink(missing_ok=True)  # a stale list from an earlier run would mislead
-        return
-    write_json(path, {
-        "failed": [dataclasses.asdict(f) for f in summary.failed],
-        "done": summary.done,
-        "skipped": summary.skipped,
-    })
+class _FailureList:
+    """``out/failures.json``, kept current image by image, so that a kill leaves it consistent.
+
+    It lists the inputs whose latest attempt failed, and only those: an input is added when it
+    fails and dropped once its outputs are complete. Entries left by an interrupted run stay
+    (``"finished": false``) until their input comes up again. At the end of a run the file
+    lists exactly that run's failures (``"finished": true``), or is removed when none failed.
+    Every write is atomic.
+    """
+
+    def __init__(self, out: Path) -> None:
+        self.path = out / FAILURES_FILE
+        self.reasons: dict[str, str] = {}  # file → reason, earlier runs' entries first
+        try:
+            earlier = json.loads(self.path.read_text())["failed"]
+            self.reasons = {str(f["file"]): str(f["reason"]) for f in earlier}
+        except (OSError, ValueError, LookupError, TypeError):
+            pass  # none yet, or unreadable: rewritten at the next change
+
+    def failed(self, failure: Failure, summary: PredictSummary) -> None:
+        self.reasons[failure.file] = failure.reason
+        self._write(summary)
+
+    def completed(self, file: str, summary: PredictSummary) -> None:
+        if self.reasons.pop(file, None) is not None:
+            self._write(summary)
+
+    def finish(self, summary: PredictSummary) -> None:
+        self.reasons = {f.file: f.reason for f in summary.failed}
+        if self.reasons:
+            self._write(summary, finished=True)
+        else:
+            self.path.unlink(missing_ok=True)  # a stale list from an earlier run would mislead
+
+    def _write(self, summary: PredictSummary, finished: bool = False) -> None:
+        failed = [{"file": f, "reason": r} for f, r in self.reasons.items()]
+        write_json(self.path, {"failed": failed, "done": summary.done, "skipped": summary.skipped,
+                               "finished": finished})
 
 
 # --------------------------------------------------------------------------- the run
@@ -533,10 +571,11 @@ def predict(options: PredictOptions, net: nn.Module | None = None) -> PredictSum
     jobs = _match_guides(images, Path(guide_dir), options.guide_kind)
 
     if net is None:
-        net = load_net(options.ckpt_path)
+        net = load_net(options.ckpt_path, trust=options.trust_checkpoint)
     predictor = Predictor(net, device=options.device, precision=options.precision, tile=options.tile,
                           context=options.context, memory_budget_gb=options.memory_budget_gb,
-                          max_tokens=options.max_tokens, routed_inference=options.routed_inference)
+                          max_tokens=options.max_tokens, routed_inference=options.routed_inference,
+                          preset=options.preset)
     routed = bool(predictor.net.is_routed)
     if options.routing_overlay and not routed:
         log.info("routing_overlay: this checkpoint is ViTMatte (no routed blocks), nothing to draw")
@@ -545,7 +584,10 @@ def predict(options: PredictOptions, net: nn.Module | None = None) -> PredictSum
     if out.exists() and not out.is_dir():
         raise ValueError(f"out={out} is a file; pass a folder for the results")
     out.mkdir(parents=True, exist_ok=True)
+    for folder in (out, *(p for p in out.iterdir() if p.is_dir())):  # left by a killed run
+        clean_stale_temp_files(folder)
     summary = PredictSummary()
+    failures = _FailureList(out)
     state = _RunState()
     first_with_stem: dict[str, Path] = {}
     log.info("matting %d image(s) from %s into %s", len(jobs), options.input, out)
@@ -558,27 +600,35 @@ def predict(options: PredictOptions, net: nn.Module | None = None) -> PredictSum
             if stem in first_with_stem:  # a.png and a.jpg would write the same outputs
                 summary.failed.append(Failure(str(job.image), (
                     f"same name as {first_with_stem[stem]}: both would write {stem}.png; rename one")))
+                failures.failed(summary.failed[-1], summary)
                 log.error("%s: same name as %s; rename one", job.image, first_with_stem[stem])
                 continue
             first_with_stem[stem] = job.image
             paths = _output_paths(out, stem, options, routed)
-            if not options.overwrite and all(p.exists() for p in paths.values()):
+            if not options.overwrite:  # resuming: each file is written once, only what is missing
+                paths = {kind: p for kind, p in paths.items() if not p.exists()}
+            if not paths:
                 summary.skipped += 1
+                failures.completed(str(job.image), summary)
                 continue
             start = time.perf_counter()
             try:
                 _predict_one(job, paths, predictor, options, state)
+            except DiskFullError:  # not this image's fault: every next one would fail alike
+                raise
             except Exception as err:  # one bad image must not stop the batch
                 summary.failed.append(Failure(str(job.image), _reason(err)))
+                failures.failed(summary.failed[-1], summary)
                 expected = isinstance(err, (ImageReadError, InputError, MemoryBudgetError))
                 log.error("[%d/%d] %s failed: %s", i, len(jobs), job.image, _reason(err),
                           exc_info=not expected)
                 continue
             summary.done += 1
+            failures.completed(str(job.image), summary)
             log.info("[%d/%d] %s done in %.1f s", i, len(jobs), job.image.name, time.perf_counter() - start)
     bar.close()
 
-    _write_failures(out, summary)
+    failures.finish(summary)
     log.info(
         "predict: %d done, %d skipped%s, %d failed%s",
         summary.done, summary.skipped,

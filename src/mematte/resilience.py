@@ -1,6 +1,6 @@
 """Surviving kills, preemption and requeues: resume discovery, run state, signals, atomic saves.
 
-How a training run survives an interruption (see README "Resuming and preemption"):
+How a training run survives an interruption (see docs/reliability.md):
 
 * **Resume discovery** (:func:`plan_resume`): ``python train.py <overrides>`` first looks for the
   newest earlier run of the same command — a run directory whose ``.hydra/overrides.yaml``
@@ -16,7 +16,11 @@ How a training run survives an interruption (see README "Resuming and preemption
 * **Atomic checkpoints** (:class:`AtomicCheckpointIO`): checkpoints are written to a temporary
   file next to the target, fsynced and renamed, so a kill during a save never leaves a
   truncated ``last.ckpt`` (Lightning's own writer stages in ``$TMPDIR`` and *copies* across
-  filesystems, e.g. node-local /tmp → network run directory, which is not atomic).
+  filesystems, e.g. node-local /tmp → network run directory, which is not atomic). A full
+  disk keeps the previous file and stops the run with :class:`~mematte.atomic.DiskFullError`
+  (which file, how many bytes it needed, how many were free).
+* **Lost DDP ranks** (:class:`LostRankWatchdog`): when a DDP process dies, the others stop
+  within a bounded time with an error naming the lost rank, recorded in ``run_state.json``.
 * **RNG state** (:func:`collect_rng_state` / :func:`restore_rng_state`): stored in every
   checkpoint by :class:`~mematte.lit_module.MattingModule` and restored before the first
   resumed batch; the data order is restored by :mod:`mematte.data.datamodule`'s resumable
@@ -39,7 +43,7 @@ import threading
 import time
 import zipfile
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -51,7 +55,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from mematte.atomic import atomic_path, atomic_write_text
+from mematte.atomic import atomic_path, atomic_write_text, clean_stale_temp_files
 
 __all__ = [
     "RUN_STATE_FILE",
@@ -60,10 +64,14 @@ __all__ = [
     "ResumePlan",
     "RunLock",
     "checkpoint_is_intact",
+    "checkpoint_nbytes",
+    "clean_stale_temp_files",
     "collect_rng_state",
     "find_resumable_run",
     "resumable_runs",
     "is_finished",
+    "LostRank",
+    "LostRankWatchdog",
     "normalized_overrides",
     "plan_resume",
     "read_run_state",
@@ -449,25 +457,6 @@ def plan_resume(
     return plan
 
 
-def clean_stale_temp_files(directory: str | Path) -> None:
-    """Remove temporary checkpoint files left by a process killed mid-save (``.<name>.<pid>.<hex>.tmp``)."""
-    for tmp in Path(directory).glob(".*.tmp"):
-        parts = tmp.name.split(".")
-        pid = parts[-3] if len(parts) >= 4 else ""
-        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
-            tmp.unlink(missing_ok=True)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 # --------------------------------------------------------------------------- loggers
 def restore_csv_history(logger: Any, before_step: int) -> int:
     """Keep a resumed run's earlier CSV rows (``step < before_step``) in ``metrics.csv``.
@@ -551,6 +540,13 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     """``torch.save`` to a temp file next to the target, fsync, rename: never a partial checkpoint.
 
     Used for local paths; remote URLs (``s3://`` …) keep Lightning's transactional writer.
+    The data goes through a Python file object: on a full disk ``torch.save`` to a path only
+    says ``unexpected pos …``, while a file object raises ``ENOSPC``, which
+    :func:`~mematte.atomic.atomic_path` turns into a :class:`~mematte.atomic.DiskFullError`
+    naming the file, the checkpoint's size and the free space (the previous file is kept).
+
+    Checkpoints read back for resuming pass through
+    :func:`~mematte.checkpoint_compat.upgrade_checkpoint` (written by another mematte version).
     """
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
@@ -559,8 +555,35 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if storage_options is not None:
             raise TypeError("AtomicCheckpointIO does not take storage_options")
         target = Path(str(path).removeprefix("file://"))
-        with atomic_path(target) as tmp:
-            torch.save(checkpoint, tmp)
+        with atomic_path(target, size_hint=checkpoint_nbytes(checkpoint)) as tmp, tmp.open("wb") as handle:
+            torch.save(checkpoint, handle)
+
+    def load_checkpoint(self, path: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        from mematte.checkpoint_compat import upgrade_checkpoint
+
+        checkpoint = super().load_checkpoint(path, *args, **kwargs)
+        return upgrade_checkpoint(checkpoint, path) if "mematte" in checkpoint else checkpoint
+
+
+def checkpoint_nbytes(checkpoint: Any) -> int:
+    """Bytes of tensor data in a (nested) checkpoint: about its size on disk (pickled metadata,
+    a few KiB, comes on top). Storages shared by several tensors count once."""
+    seen: set[tuple[int, int]] = set()
+    total = 0
+    stack = [checkpoint]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, torch.Tensor):
+            storage = item.untyped_storage()
+            key = (storage.data_ptr(), storage.nbytes())
+            if key not in seen:
+                seen.add(key)
+                total += storage.nbytes()
+        elif isinstance(item, Mapping):
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+    return total
 
 
 # --------------------------------------------------------------------------- preemption
@@ -797,6 +820,194 @@ def _flush_loggers(trainer: Trainer) -> None:
     if trainer.is_global_zero:
         for logger in trainer.loggers:
             logger.save()
+
+
+# --------------------------------------------------------------------------- lost DDP ranks
+@dataclass
+class LostRank:
+    """A DDP process that died while the run went on (see :class:`LostRankWatchdog`)."""
+
+    rank: int
+    pid: int
+    how: str  # "was killed by SIGKILL", "exited with code 1", ...
+    step: int
+
+    def describe(self, own_rank: int) -> str:
+        return (
+            f"DDP rank {self.rank} (pid {self.pid}) {self.how} at global step {self.step}: the run cannot go on "
+            f"without it, so rank {own_rank} stops too. Rerun the same command to resume from the last "
+            "checkpoint (checkpoints/last.ckpt)"
+        )
+
+
+class LostRankWatchdog(Callback):
+    """Stop a DDP run within ``timeout_s`` of one of its processes dying, naming the lost rank.
+
+    Lightning starts DDP processes 1..N-1 of a node from process 0 (``_SubprocessScriptLauncher``).
+    When one dies (OOM killer, a crash, ``kill -9``), its peers are left waiting in a collective:
+    gloo fails at once with ``Connection reset by peer`` (which does not say who), NCCL waits for
+    the process group timeout (30 min), and Lightning's own observer SIGKILLs process 0 within
+    5 s (no message, nothing recorded). This callback replaces that observer:
+
+    * process 0 watches the processes it launched; each launched process watches process 0;
+    * a death is logged at once (rank, pid, signal or exit code, global step) and recorded in
+      ``run_state.json`` (the attempt's ``lost_rank``);
+    * the survivor normally fails at its next collective: its error gets a note naming the lost
+      rank, ``train()`` records the attempt as ``failed`` and the process exits with code 1;
+    * if it has not failed ``timeout_s`` after the death (stuck in a collective that waits for
+      the dead process), the watchdog ends it with ``exit_code``, after killing the processes it
+      launched and recording the attempt.
+
+    Rerunning the same command resumes from ``last.ckpt``. Does nothing outside DDP, and for
+    processes started by torchrun or srun (their launcher stops the whole job).
+
+    Args:
+        timeout_s: longest a survivor keeps running after a death is seen.
+        poll_s: how often the processes are checked.
+        exit_code: exit status when the watchdog has to end the process itself.
+    """
+
+    def __init__(self, timeout_s: float = 60.0, poll_s: float = 0.5, exit_code: int = 1) -> None:
+        super().__init__()
+        if timeout_s <= 0 or poll_s <= 0:
+            raise ValueError(f"LostRankWatchdog: timeout_s={timeout_s} and poll_s={poll_s} must be > 0")
+        self.timeout_s, self.poll_s, self.exit_code = float(timeout_s), float(poll_s), int(exit_code)
+        self.lost: LostRank | None = None
+        self._children: list[tuple[int, subprocess.Popen]] = []  # (global rank, process) launched here
+        self._parent: tuple[int, int] | None = None  # (global rank, pid) of the process that launched this one
+        self._own_rank = 0
+        self._trainer: Trainer | None = None
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._active = threading.Event()  # a fit / validate / test is under way
+        self._unwound = threading.Event()  # the main thread saw the failure (on_exception)
+
+    # ---------------------------------------------------------------- lifecycle
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self._trainer = trainer
+        self._own_rank = trainer.global_rank
+        peers = self._find_peers(trainer) if self._thread is None else None
+        if peers is not None:
+            self.start(*peers)
+        self._unwound.clear()
+        self._active.set()
+
+    def start(self, children: Sequence[tuple[int, subprocess.Popen]] = (),
+              parent: tuple[int, int] | None = None) -> None:
+        """Watch from a daemon thread (``setup`` calls this for Lightning's DDP processes).
+
+        Args:
+            children: (global rank, process) of each process this one launched.
+            parent: (global rank, pid) of the process that launched this one.
+        """
+        self._children, self._parent = list(children), parent
+        self._active.set()
+        self._thread = threading.Thread(target=self._watch, name="mematte-lost-rank-watchdog", daemon=True)
+        self._thread.start()
+
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self._active.clear()
+
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        self._unwound.set()  # the survivor is failing by itself: no need to end it
+        if self._thread is None or isinstance(exception, (SIGTERMException, KeyboardInterrupt)):
+            return  # a stop signal or Ctrl-C (which reaches every rank): not a death
+        # the collective's error can come before the next poll sees the death: look now
+        deadline = time.monotonic() + 2.0
+        while self.lost is None and time.monotonic() < deadline:
+            self._check()
+            if self.lost is None:
+                time.sleep(0.05)
+        if self.lost is not None and hasattr(exception, "add_note"):  # Python ≥ 3.11
+            exception.add_note(self.lost.describe(self._own_rank))
+
+    @staticmethod
+    def _find_peers(
+        trainer: Trainer,
+    ) -> tuple[list[tuple[int, subprocess.Popen]], tuple[int, int] | None] | None:
+        """(children, parent) to watch (see :meth:`start`); None outside Lightning's DDP launcher."""
+        from lightning.pytorch.strategies.launchers import _SubprocessScriptLauncher
+
+        launcher = getattr(trainer.strategy, "launcher", None)
+        if not isinstance(launcher, _SubprocessScriptLauncher) or trainer.world_size < 2:
+            return None
+        first = trainer.node_rank * launcher.num_processes
+        if launcher.procs:  # process 0 of this node: it launched the others
+            _disarm_lightning_process_observer()
+            return [(first + i + 1, proc) for i, proc in enumerate(launcher.procs)], None
+        if trainer.local_rank > 0 and os.environ.get(_ENV_RESUME_PID) == str(os.getppid()):
+            return [], (first, os.getppid())  # launched by process 0 (it exported its pid)
+        return None
+
+    # ---------------------------------------------------------------- watching
+    def _watch(self) -> None:
+        while self.lost is None:
+            time.sleep(self.poll_s)
+            if self._active.is_set():
+                self._check()
+        if self._unwound.wait(self.timeout_s):
+            return
+        self._end_process()
+
+    def _check(self) -> None:
+        """Look for a dead peer; handle the first one found (once)."""
+        with self._lock:
+            if self.lost is not None:
+                return
+            found = None
+            for rank, proc in self._children:
+                code = proc.poll()
+                if code is not None and code != 0:
+                    how = f"was killed by {_signal_name(-code)}" if code < 0 else f"exited with code {code}"
+                    found = (rank, proc.pid, how)
+                    break
+            if self._parent is not None and os.getppid() != self._parent[1]:
+                found = (*self._parent, "is gone (it launched this process)")
+            if found is None:
+                return
+            step = self._trainer.global_step if self._trainer is not None else -1
+            self.lost = LostRank(*found, step=step)
+            log.error("%s", self.lost.describe(self._own_rank))
+            self._record(ended=False)
+
+    def _record(self, ended: bool) -> None:
+        """Note the lost rank in this run's ``run_state.json`` (process 0 of a training run)."""
+        if self._trainer is None or self._own_rank != 0 or self.lost is None:
+            return
+        run_dir = Path(self._trainer.default_root_dir)
+        if not (run_dir / RUN_STATE_FILE).is_file():
+            return
+        state = read_run_state(run_dir)
+        attempts = list(state.get("attempts", [])) or [{}]
+        entry = {**attempts[-1], "lost_rank": asdict(self.lost)}
+        if ended:
+            entry.update(ended=time.strftime("%Y-%m-%dT%H:%M:%S"), status="failed", step=self.lost.step,
+                         error=f"LostRank: {self.lost.describe(self._own_rank)}")
+        attempts[-1] = entry
+        update_run_state(run_dir, attempts=attempts, **({"status": "failed"} if ended else {}))
+
+    def _end_process(self) -> None:
+        """The survivor is still running ``timeout_s`` after the death: end it (and its children)."""
+        log.error("rank %d is still running %.0f s after DDP rank %d was lost (stuck in a collective?): "
+                  "ending it with exit code %d", self._own_rank, self.timeout_s,
+                  self.lost.rank if self.lost else -1, self.exit_code)
+        try:
+            self._record(ended=True)
+        finally:
+            for _, proc in self._children:
+                if proc.poll() is None:
+                    proc.kill()
+            for handler in logging.getLogger().handlers:  # os._exit skips the usual flush
+                handler.flush()
+            os._exit(self.exit_code)
+
+
+def _disarm_lightning_process_observer() -> None:
+    """Stop Lightning's child-process observer, which SIGKILLs process 0 when a child dies
+    (:class:`LostRankWatchdog` handles that instead). Its next check ends its thread."""
+    for thread in threading.enumerate():
+        if type(thread).__name__ == "_ChildProcessObserver" and hasattr(thread, "_run"):
+            thread._run = lambda: True  # type: ignore[attr-defined]
 
 
 # --------------------------------------------------------------------------- misc

@@ -1,8 +1,10 @@
 """Matting data: compositing / trimap / crop utilities, procedural datasets, data module.
 
 Modules:
-    composition: ``composite``, trimap quantisation, ``trimap_from_alpha``, ``crop_around_unknown``.
-    synthetic: procedural (fg, alpha, bg) generator, train / eval datasets, folder export + CLI.
+    composition: ``composite``, ``quantise_trimap`` (the one trimap rule), ``trimap_from_alpha``
+        (OpenCV morphology), ``crop_around_unknown``.
+    synthetic: the procedural dataset: seeded source, train / eval datasets, folder export + CLI;
+        its layers come from scenes (backgrounds, foregrounds), strands (hair, fur) and noise.
     datamodule: ``MattingDataModule`` (Lightning) building the loaders.
 
 Submodules are imported explicitly (``from mematte.data.synthetic import ...``) so that the

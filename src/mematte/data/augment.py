@@ -1,4 +1,4 @@
-"""Batched training augmentation for matting (METHOD §3), on torch + kornia, CPU or GPU.
+"""Batched training augmentation for matting (docs/training.md, paper recipes), on torch + kornia, CPU or GPU.
 
 :class:`MattingAugment` turns a collated batch of raw layers into training crops:
 
@@ -36,7 +36,7 @@ the defaults are the official settings):
 7. composite: image = fg·α + bg·(1 − α).
 
 Known differences from the official pipeline (partner from the batch, exact "over" colour
-of the merge, …) are listed in README.md, "Differences from the official training pipeline".
+of the merge, …) are listed in docs/method.md, "Known differences from the official code".
 
 Randomness: every random number is drawn on the CPU from a ``torch.Generator`` (the one
 passed to :meth:`MattingAugment.forward`, else the module's own, seeded by ``seed`` /

@@ -1,26 +1,31 @@
 """Compositing, trimap and cropping utilities shared by every matting dataset.
 
-All functions work on numpy arrays in HWC layout (``(H, W, 3)`` images, ``(H, W)`` masks) and
-are pure: randomness only comes from the ``np.random.Generator`` passed in, never from global
+All functions work on numpy arrays in HWC layout (``(H, W, 3)`` images, ``(H, W)`` masks;
+:func:`quantise_trimap` also on torch tensors) and are pure: randomness only comes from the ``np.random.Generator`` passed in, never from global
 state, so a sample stays a pure function of its index in every DataLoader worker.
 
 Trimap convention (the project's data contract): float32 with values exactly in {0, 0.5, 1}
 (0 = background, 0.5 = unknown, 1 = foreground). 8-bit files map ``< 85 -> 0``,
-``>= 170 -> 1``, everything else to 0.5; writing maps ``0 -> 0, 0.5 -> 128, 1 -> 255``.
+``>= 170 -> 1``, everything else to 0.5 (:func:`quantise_trimap`, the one rule for files,
+datasets and the predictor); writing maps ``0 -> 0, 0.5 -> 128, 1 -> 255``. Morphology is
+OpenCV's (``cv2.getStructuringElement`` / ``cv2.erode``), as in the DIM and ViTMatte pipelines.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TypeVar
 
+import cv2
 import numpy as np
+import torch
 
 __all__ = [
     "TRIMAP_BACKGROUND",
     "TRIMAP_UNKNOWN",
     "TRIMAP_FOREGROUND",
     "composite",
-    "quantize_trimap",
+    "quantise_trimap",
     "trimap_to_uint8",
     "ellipse_kernel",
     "binary_erosion",
@@ -34,9 +39,11 @@ TRIMAP_FOREGROUND = 1.0
 
 # Alpha values closer than this to 0 / 1 count as pure background / foreground (DIM, ViTMatte).
 ALPHA_EPS = 1e-5
-# 8-bit trimap thresholds (METHOD §1): below LOW background, from HIGH on foreground
+# 8-bit trimap thresholds (docs/method.md, ViTMatte): below LOW background, from HIGH on foreground
 TRIMAP_LOW_U8 = 85
 TRIMAP_HIGH_U8 = 170
+
+ArrayOrTensor = TypeVar("ArrayOrTensor", np.ndarray, torch.Tensor)
 
 
 def composite(fg: np.ndarray, bg: np.ndarray, alpha: np.ndarray) -> np.ndarray:
@@ -63,26 +70,45 @@ def composite(fg: np.ndarray, bg: np.ndarray, alpha: np.ndarray) -> np.ndarray:
     return np.clip(image, 0.0, 1.0, out=image)
 
 
-def quantize_trimap(trimap_u8: np.ndarray) -> np.ndarray:
-    """Map an 8-bit trimap (0..255) to float32 values in {0, 0.5, 1}.
+def quantise_trimap(trimap: ArrayOrTensor) -> ArrayOrTensor:
+    """The project's one trimap rule: any trimap to float32 values in {0, 0.5, 1}.
 
-    ``< 85 -> 0`` (background), ``>= 170 -> 1`` (foreground), otherwise 0.5 (unknown).
+    Below a third of the value range is background, from two thirds on foreground, unknown in
+    between: uint8 ``< 85 -> 0``, ``>= 170 -> 1``; float in [0, 1] ``< 85/255 -> 0``,
+    ``>= 170/255 -> 1`` (the same thresholds on the [0, 1] scale). Numpy arrays (dataset
+    files) and torch tensors (the predictor, on any device) go through this same function.
 
     Args:
-        trimap_u8: (H, W) integer (or float on the 0..255 scale) array.
+        trimap: (...) uint8 0..255, or float in [0, 1]; numpy array or torch tensor.
 
     Returns:
-        (H, W) float32 with values in {0, 0.5, 1}.
+        (...) float32 with values in {0, 0.5, 1}, of the input's kind (and device).
+
+    Raises:
+        TypeError: another dtype (e.g. int64: convert 8-bit trimaps to uint8).
+        ValueError: a float trimap outside [0, 1].
     """
-    values = np.asarray(trimap_u8)
-    trimap = np.full(values.shape, TRIMAP_UNKNOWN, dtype=np.float32)
-    trimap[values < TRIMAP_LOW_U8] = TRIMAP_BACKGROUND
-    trimap[values >= TRIMAP_HIGH_U8] = TRIMAP_FOREGROUND
-    return trimap
+    is_tensor = isinstance(trimap, torch.Tensor)
+    values = trimap if is_tensor else np.asarray(trimap)
+    is_uint8 = values.dtype == (torch.uint8 if is_tensor else np.uint8)
+    is_float = values.is_floating_point() if is_tensor else np.issubdtype(values.dtype, np.floating)
+    if is_uint8:
+        low, high = TRIMAP_LOW_U8, TRIMAP_HIGH_U8
+    elif is_float:
+        empty = (values.numel() if is_tensor else values.size) == 0
+        if not empty and (values.min() < 0 or values.max() > 1):
+            raise ValueError("a float trimap must lie in [0, 1] (or pass uint8 0..255)")
+        low, high = TRIMAP_LOW_U8 / 255.0, TRIMAP_HIGH_U8 / 255.0
+    else:
+        raise TypeError(f"trimap dtype {values.dtype} unsupported: pass uint8 0..255 or float in [0, 1]")
+    # 0.5 per threshold reached: 0 (background), 0.5 (unknown), 1 (foreground)
+    if is_tensor:
+        return ((values >= low).float() + (values >= high).float()) * 0.5
+    return ((values >= low).astype(np.float32) + (values >= high)) * np.float32(0.5)
 
 
 def trimap_to_uint8(trimap: np.ndarray) -> np.ndarray:
-    """Inverse of :func:`quantize_trimap`: {0, 0.5, 1} -> {0, 128, 255} as uint8.
+    """Inverse of :func:`quantise_trimap`: {0, 0.5, 1} -> {0, 128, 255} as uint8.
 
     Args:
         trimap: (H, W) float array with values in {0, 0.5, 1} (other values snap to the nearest).
@@ -98,7 +124,9 @@ def trimap_to_uint8(trimap: np.ndarray) -> np.ndarray:
 
 
 def ellipse_kernel(size: int) -> np.ndarray:
-    """Elliptical structuring element, identical to ``cv2.getStructuringElement(MORPH_ELLIPSE)``.
+    """Elliptical structuring element: ``cv2.getStructuringElement(MORPH_ELLIPSE, (size, size))``.
+
+    The kernel of the DIM / ViTMatte trimap generators, so trimaps match theirs bit for bit.
 
     Args:
         size: side length in pixels (>= 1).
@@ -108,46 +136,12 @@ def ellipse_kernel(size: int) -> np.ndarray:
     """
     if size < 1:
         raise ValueError(f"kernel size must be >= 1, got {size}")
-    radius = size // 2
-    kernel = np.zeros((size, size), dtype=bool)
-    for row in range(size):
-        dy = row - radius
-        if radius == 0:
-            half_width = 0
-        else:
-            # Same integer rounding as OpenCV (cvRound = round half to even) so the trimaps match
-            # the ones the ViTMatte / DIM reference pipelines produce.
-            half_width = int(np.rint(radius * np.sqrt(max(radius * radius - dy * dy, 0) / radius**2)))
-        kernel[row, max(radius - half_width, 0) : min(radius + half_width + 1, size)] = True
-    return kernel
-
-
-def _row_segments(kernel: np.ndarray) -> list[tuple[int, int, int]]:
-    """Split every kernel row into contiguous runs of True: list of (row, first_col, length)."""
-    segments = []
-    for row in range(kernel.shape[0]):
-        cols = np.flatnonzero(kernel[row])
-        if cols.size == 0:
-            continue
-        # Break the row where consecutive True columns are not adjacent.
-        breaks = np.flatnonzero(np.diff(cols) > 1) + 1
-        for run in np.split(cols, breaks):
-            segments.append((row, int(run[0]), int(run.size)))
-    return segments
+    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size)).astype(bool)
 
 
 def binary_erosion(mask: np.ndarray, kernel: np.ndarray) -> np.ndarray:
-    """Binary erosion where pixels outside the image count as "mask" (borders never erode).
-
-    Equivalent to ``cv2.erode`` with its default border and an anchor at ``kernel.shape // 2``.
-    The mask is edge-replicated before eroding; for convex symmetric kernels (ellipses) this is
-    exactly the same as treating the outside as True.
-
-    Implementation: every kernel row is a horizontal run of True pixels, so the erosion is the AND
-    over rows of vertically shifted horizontal run-erosions; run-erosions of increasing length
-    are built incrementally (``run[L + 1](x) = run[L](x) & mask(x + L)``). That is ~2 * size
-    boolean passes instead of size**2 multiply-adds (torch conv2d needs ~0.5 s for a 640**2 mask
-    and a 29x29 kernel on one core; this takes a few ms).
+    """``cv2.erode`` of a boolean mask: pixels outside the image count as "mask", so the image
+    border never erodes (OpenCV's default border for erosion); anchor at the kernel's centre.
 
     Args:
         mask: (H, W) bool (any dtype; nonzero = True).
@@ -156,31 +150,13 @@ def binary_erosion(mask: np.ndarray, kernel: np.ndarray) -> np.ndarray:
     Returns:
         (H, W) bool eroded mask.
     """
-    mask = np.asarray(mask, dtype=bool)
-    kernel = np.asarray(kernel, dtype=bool)
+    mask, kernel = np.asarray(mask), np.asarray(kernel)
     if mask.ndim != 2 or kernel.ndim != 2:
         raise ValueError(f"expected 2-D mask and kernel, got {mask.shape} and {kernel.shape}")
     if not kernel.any():
         raise ValueError("kernel has no True element")
-    height, width = mask.shape
-    kh, kw = kernel.shape
-    anchor_y, anchor_x = kh // 2, kw // 2
-    padded = np.pad(mask, ((anchor_y, kh - 1 - anchor_y), (anchor_x, kw - 1 - anchor_x)), mode="edge")
-
-    segments_by_length: dict[int, list[tuple[int, int]]] = {}
-    for row, first_col, length in _row_segments(kernel):
-        segments_by_length.setdefault(length, []).append((row, first_col))
-
-    eroded = np.ones((height, width), dtype=bool)
-    run = padded.copy()  # run[y, x] = AND of padded[y, x : x + length]
-    for length in range(1, max(segments_by_length) + 1):
-        if length > 1:
-            # Keep the full width so column indices stay aligned with `padded`; the last
-            # columns become invalid but are never read for this length.
-            np.logical_and(run[:, : -(length - 1)], padded[:, length - 1 :], out=run[:, : -(length - 1)])
-        for row, first_col in segments_by_length.get(length, ()):
-            eroded &= run[row : row + height, first_col : first_col + width]
-    return eroded
+    eroded = cv2.erode(np.ascontiguousarray(mask != 0).view(np.uint8), kernel.astype(np.uint8))
+    return eroded.view(bool)
 
 
 def trimap_from_alpha(

@@ -165,7 +165,7 @@ class MattingDataModule(L.LightningDataModule):
             training batches only), e.g. :class:`mematte.data.augment.MattingAugment`; required
             when the train set returns raw fg/alpha/bg layers (``needs_augment``).
         eval_region: metric region of this benchmark: "unknown" (trimap == 128) or "all"
-            (Distinctions-646 scores the whole image, METHOD §4).
+            (Distinctions-646 scores the whole image, docs/method.md, metric conventions).
         root: dataset root of on-disk data (the sets interpolate ``${data.root}``), or None.
         hint: how to obtain the dataset (shown by ``python -m mematte.data check``).
     """

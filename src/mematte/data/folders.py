@@ -40,10 +40,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch.utils.data import Dataset
 
-from mematte.data.composition import quantize_trimap, trimap_from_alpha, trimap_to_uint8
+from mematte.data.composition import quantise_trimap, trimap_from_alpha, trimap_to_uint8
 from mematte.atomic import atomic_path
 from mematte.image_io import (
     IMAGE_EXTENSIONS,
@@ -602,7 +602,7 @@ class FolderEvalSet(Dataset):
         image, alpha_u8 = read_image(entry.image), read_gray(entry.alpha)
         alpha = alpha_u8.astype(np.float32) / 255.0
         if entry.trimap is not None:
-            trimap = quantize_trimap(read_gray(entry.trimap))
+            trimap = quantise_trimap(read_gray(entry.trimap))
         else:
             trimap = deterministic_trimap(alpha, entry.name, self.trimap_seed)
         for path, array in ((entry.alpha, alpha), (entry.trimap, trimap)):

@@ -2,11 +2,17 @@
 
 Names follow the official code (``convstream.convs.{i}.{conv,bn}``,
 ``fusion_blks.{i}.conv.{conv,bn}``, ``matting_head.matting_convs.{0,1,3}``).
+
+Inference (autograd off, eval mode) differs in two exact ways that only save memory and time:
+BatchNorm is folded into the preceding conv (no second copy of every conv output), and each
+fusion stage is computed in bands of output rows (:meth:`DetailCapture.forward`): the ×2
+upsampled input and its concat with the detail level, the widest tensors of the decoder,
+then exist for one band at a time instead of the whole window.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -21,10 +27,27 @@ class ConvBNReLU(nn.Module):
         self.conv = nn.Conv2d(in_chans, out_chans, 3, stride, 1, bias=False)
         self.bn = nn.BatchNorm2d(out_chans)
         self.relu = nn.ReLU(inplace=True)
+        self.fold_bn = True  # at inference: BatchNorm folded into the conv (see DetailCapture)
 
     def forward(self, x: Tensor) -> Tensor:
         """(B, C_in, H, W) → (B, C_out, H/stride, W/stride)."""
-        return self.relu(self.bn(self.conv(x)))
+        if not self.fold_bn or self.training or torch.is_grad_enabled():
+            return self.relu(self.bn(self.conv(x)))
+        weight, bias = fold_batchnorm(self.conv, self.bn)
+        return F.conv2d(x, weight, bias, self.conv.stride, self.conv.padding).relu_()
+
+
+def fold_batchnorm(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[Tensor, Tensor]:
+    """Weight and bias of ``bn(conv(x))`` as one conv, BatchNorm in eval mode (running stats).
+
+    Returns:
+        weight (C_out, C_in, k, k) and bias (C_out,), in the conv weight's dtype.
+    """
+    scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
+    bias = bn.bias - bn.running_mean * scale
+    if conv.bias is not None:
+        bias = bias + conv.bias * scale
+    return conv.weight * scale[:, None, None, None], bias
 
 
 class ConvStream(nn.Module):
@@ -64,6 +87,43 @@ class FusionBlock(nn.Module):
         return self.conv(torch.cat([detail, up], dim=1))
 
 
+# Input rows of context on each side of a band: the ×2 bilinear upsample reads ±1 source row
+# and clamps at a slice border, and each 3×3 conv after it (fusion, head) reads ±1 output row,
+# so 3 source rows keep every band row exact (tests compare with the unbanded pass).
+BAND_HALO = 3
+
+
+def in_row_bands(
+    stage: Callable[[Tensor, Tensor], Tensor], x: Tensor, detail: Tensor, band_rows: int | None
+) -> Tensor:
+    """``stage(x, detail)`` (a ×2 fusion block, optionally followed by the head) in bands of
+    output rows, each from its input rows plus :data:`BAND_HALO` rows of context.
+
+    Args:
+        stage: maps x (B, C, h, w) and detail (B, D, 2h, 2w) to (B, C_out, 2h, 2w).
+        x: (B, C, h, w) stage input.  detail: (B, D, 2h, 2w) detail level.
+        band_rows: output rows per band (even); None or ≥ 2h = one call.
+
+    Returns:
+        (B, C_out, 2h, 2w), equal to ``stage(x, detail)``.
+    """
+    h = x.shape[-2]
+    if band_rows is None or band_rows >= 2 * h:
+        return stage(x, detail)
+    out: Tensor | None = None
+    step = max(1, band_rows // 2)  # input rows per band
+    for s0 in range(0, h, step):
+        s1 = min(s0 + step, h)
+        lo, hi = max(0, s0 - BAND_HALO), min(h, s1 + BAND_HALO)
+        y = stage(x[:, :, lo:hi], detail[:, :, 2 * lo : 2 * hi])
+        if out is None:
+            out = y.new_empty((*y.shape[:2], 2 * h, y.shape[-1]))
+        out[:, :, 2 * s0 : 2 * s1] = y[:, :, 2 * (s0 - lo) : 2 * (s1 - lo)]
+        del y
+    assert out is not None
+    return out
+
+
 class MattingHead(nn.Module):
     """3×3 conv → BN → ReLU → 1×1 conv to one alpha logit."""
 
@@ -75,10 +135,15 @@ class MattingHead(nn.Module):
             nn.ReLU(inplace=True),
             nn.Conv2d(mid_chans, 1, 1, 1, 0),
         )
+        self.fold_bn = True  # at inference: BatchNorm folded into the conv (see DetailCapture)
 
     def forward(self, x: Tensor) -> Tensor:
         """(B, C, H, W) → logits (B, 1, H, W)."""
-        return self.matting_convs(x)
+        if not self.fold_bn or self.training or torch.is_grad_enabled():
+            return self.matting_convs(x)
+        conv, bn, _, out = self.matting_convs
+        weight, bias = fold_batchnorm(conv, bn)
+        return out(F.conv2d(x, weight, bias, conv.stride, conv.padding).relu_())
 
 
 class DetailCapture(nn.Module):
@@ -89,6 +154,10 @@ class DetailCapture(nn.Module):
         img_chans: input channels of the conv stream (4).
         convstream_out: conv-stream widths at 1/2, 1/4, 1/8.
         fusion_out: fusion widths at 1/8, 1/4, 1/2, 1/1.
+        band_pixels: output pixels per band of a fusion stage at inference (:func:`in_row_bands`;
+            65,536 = 64 rows of a 1024-wide window); None = each stage at once.
+        lean_inference: fold BatchNorm and compute in bands at inference (exact; less memory
+            and time). False = the original code's tensors, for paper-faithful baselines.
     """
 
     def __init__(
@@ -97,6 +166,8 @@ class DetailCapture(nn.Module):
         img_chans: int = 4,
         convstream_out: Sequence[int] = (48, 96, 192),
         fusion_out: Sequence[int] = (256, 128, 64, 32),
+        band_pixels: int | None = 65536,
+        lean_inference: bool = True,
     ) -> None:
         super().__init__()
         if len(fusion_out) != len(convstream_out) + 1:
@@ -112,11 +183,32 @@ class DetailCapture(nn.Module):
             for i in range(len(fusion_out))
         )
         self.matting_head = MattingHead(fusion_out[-1])
+        # output pixels (rows × width) per band of a fusion stage at inference; None = whole
+        # stage at once (settable at run time)
+        self.band_pixels: int | None = band_pixels if lean_inference else None
+        for module in self.modules():
+            if isinstance(module, (ConvBNReLU, MattingHead)):
+                module.fold_bn = lean_inference
 
     def forward(self, features: Tensor, images: Tensor) -> Tensor:
-        """features: (B, C, H/16, W/16), images: (B, 4, H, W) normalised → alpha (B, 1, H, W)."""
+        """features: (B, C, H/16, W/16), images: (B, 4, H, W) normalised → alpha (B, 1, H, W).
+
+        At inference (autograd off), every fusion stage runs in bands of ``band_pixels``
+        output pixels (:func:`in_row_bands`), the last one together with the head, so only
+        stage inputs and outputs exist at full size.
+        """
         details = self.convstream(images)
+        last = len(self.fusion_blks) - 1
         x = features
         for i, fusion in enumerate(self.fusion_blks):
-            x = fusion(x, details[len(self.fusion_blks) - i - 1])
-        return torch.sigmoid(self.matting_head(x))
+            stage = self._last_fusion_and_head if i == last else fusion
+            band = None
+            if self.band_pixels is not None and not torch.is_grad_enabled():
+                band = max(2, self.band_pixels // (2 * x.shape[-1]) // 2 * 2)
+            x = in_row_bands(stage, x, details[last - i], band)
+            details[last - i] = None  # a level is no longer needed once fused
+        return x
+
+    def _last_fusion_and_head(self, x: Tensor, detail: Tensor) -> Tensor:
+        """Last fusion block, head and sigmoid: (B, C, h, w), (B, 4, 2h, 2w) → (B, 1, 2h, 2w)."""
+        return torch.sigmoid(self.matting_head(self.fusion_blks[-1](x, detail)))

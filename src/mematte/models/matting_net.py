@@ -36,23 +36,41 @@ class MattingOutput:
     routing: list[RoutingInfo] = field(default_factory=list)
 
 
-def pad_to_multiple(x: Tensor, multiple: int) -> Tensor:
-    """Zero-pad bottom/right so H and W are multiples of ``multiple``.
+PADDINGS: tuple[str, ...] = ("aligned", "official")
 
-    Only the sides that need it are padded (the public ViTMatte code adds a full ``multiple``
-    to a side that is already aligned when the other is not; we do not).
+
+def padded_size(height: int, width: int, multiple: int, padding: str = "aligned") -> tuple[int, int]:
+    """The (H, W) an image is zero-padded to at its bottom / right.
+
+    ``aligned`` pads only the sides that need it, each to its next multiple. ``official`` is the
+    public ViTMatte / MEMatte rule: when either side is unaligned, *both* get
+    ``multiple − side % multiple``, so an aligned side grows by a full ``multiple``
+    (1080×1920 → 1088×1952); an image with both sides aligned is not padded.
+    """
+    if padding == "aligned":
+        return height + (-height) % multiple, width + (-width) % multiple
+    if padding == "official":
+        if height % multiple == 0 and width % multiple == 0:
+            return height, width
+        return height + multiple - height % multiple, width + multiple - width % multiple
+    raise ValueError(f"padding={padding!r}: choose one of {list(PADDINGS)}")
+
+
+def pad_to_multiple(x: Tensor, multiple: int, padding: str = "aligned") -> Tensor:
+    """Zero-pad bottom/right to :func:`padded_size`.
 
     Args:
         x: (B, C, H, W).
+        multiple: the size divisor.
+        padding: ``aligned`` (ours) or ``official`` (see :func:`padded_size`).
 
     Returns:
         (B, C, Hp, Wp).
     """
     h, w = x.shape[-2:]
-    pad_h = (multiple - h % multiple) % multiple
-    pad_w = (multiple - w % multiple) % multiple
-    if pad_h or pad_w:
-        x = F.pad(x, (0, pad_w, 0, pad_h))
+    hp, wp = padded_size(h, w, multiple, padding)
+    if (hp, wp) != (h, w):
+        x = F.pad(x, (0, wp - w, 0, hp - h))
     return x
 
 
@@ -120,12 +138,13 @@ class MattingNet(nn.Module):
         """Unknown share of each backbone token: (B, 1, H, W) → (B, h·w) (see :func:`token_unknown_share`)."""
         return token_unknown_share(trimap, self.backbone.patch_size, self.size_divisor)
 
-    def prepare_inputs(self, image: Tensor, trimap: Tensor) -> Tensor:
+    def prepare_inputs(self, image: Tensor, trimap: Tensor, padding: str = "aligned") -> Tensor:
         """Normalise RGB, append the trimap, pad.
 
         Args:
             image: (B, 3, H, W) RGB in [0, 1].
-            trimap: (B, 1, H, W) in {0, 0.5, 1}.
+            trimap: (B, 1, H, W) in {0, 0.5, 1} (or value / 255 under the official preset).
+            padding: ``aligned`` or ``official`` (:func:`padded_size`).
 
         Returns:
             (B, 4, Hp, Wp) network input.
@@ -135,12 +154,14 @@ class MattingNet(nn.Module):
                 f"image {tuple(image.shape[-2:])} and trimap {tuple(trimap.shape[-2:])} differ in size"
             )
         x = torch.cat([(image - self.pixel_mean) / self.pixel_std, trimap.to(image.dtype)], dim=1)
-        return pad_to_multiple(x, self.size_divisor)
+        return pad_to_multiple(x, self.size_divisor, padding)
 
-    def forward(self, image: Tensor, trimap: Tensor) -> MattingOutput:
-        """image: (B, 3, H, W) in [0, 1], trimap: (B, 1, H, W) in {0, 0.5, 1} → alpha (B, 1, H, W)."""
+    def forward(self, image: Tensor, trimap: Tensor, padding: str = "aligned") -> MattingOutput:
+        """image: (B, 3, H, W) in [0, 1], trimap: (B, 1, H, W) in {0, 0.5, 1} → alpha (B, 1, H, W).
+
+        ``padding``: ``aligned`` or ``official`` (:func:`padded_size`)."""
         h, w = image.shape[-2:]
-        x = self.prepare_inputs(image, trimap)
+        x = self.prepare_inputs(image, trimap, padding)
         out = self.backbone(x)
         alpha = self.decoder(out.features, x)[..., :h, :w]
         return MattingOutput(alpha=alpha, features=out.features, routing=out.routing)

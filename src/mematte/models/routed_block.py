@@ -16,7 +16,7 @@ Two exact ways to compute ``mixed`` for the same hard decisions:
   attention on them alone (``scaled_dot_product_attention``: linear memory in K), scatter the
   result over the LTRM output. Unrouted tokens never enter attention.
 
-Routed global blocks carry no relative position bias (METHOD §2); ViTMatte teachers keep it.
+Routed global blocks carry no relative position bias (docs/method.md, MEMatte); ViTMatte teachers keep it.
 """
 
 from __future__ import annotations
@@ -165,7 +165,7 @@ class RoutedBlock(Block):
         dim, num_heads, mlp_ratio, qkv_bias, drop_path, use_residual_block: as ``Block``.
         window_size: must be 0 (routing replaces global attention).
         use_rel_pos, rel_pos_grid: accepted for the factory signature and ignored: routed
-            blocks have no relative position bias (METHOD §2).
+            blocks have no relative position bias (docs/method.md, MEMatte).
         attn_impl: attention over the gathered tokens at inference, ``"sdpa"`` (linear memory)
             or ``"naive"`` (K×K matrix, as the official code).
         router: factory ``router(dim) -> Router``.
@@ -316,7 +316,8 @@ class RoutedBlock(Block):
         keep = decision > 0.5
         counts = keep.sum(dim=1)
         c = y.shape[-1]
-        out = refined.clone()
+        # inference: write into the LTRM output, which mix_tokens no longer needs
+        out = refined if not torch.is_grad_enabled() else refined.clone()
         if bool((counts == counts[0]).all()):
             # Same K in every image (batch 1, top-K): one batched call.
             k = int(counts[0])

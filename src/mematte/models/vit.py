@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from timm.layers import DropPath, LayerNorm2d, Mlp, resample_abs_pos_embed, trunc_normal_
 
 from mematte.models.attention import Attention, AttentionImpl
+from mematte.models.layers import DropPath, LayerNorm2d, Mlp, resample_abs_pos_embed, trunc_normal_
 
 
 def window_partition(x: Tensor, window_size: int) -> tuple[Tensor, tuple[int, int]]:
@@ -149,6 +149,9 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = Mlp(in_features=dim, hidden_features=int(dim * mlp_ratio), act_layer=nn.GELU)
         self.window_size = window_size
+        # inference: tokens per window-attention call (groups of windows; None = all windows
+        # at once; settable at run time, ViT sets it from its chunk_tokens)
+        self.window_chunk_tokens: int | None = 4096
         self.residual = ResBottleneck(dim) if use_residual_block else None
 
     def mix_tokens(self, x: Tensor) -> tuple[Tensor, RoutingInfo | None]:
@@ -160,18 +163,42 @@ class Block(nn.Module):
         if self.window_size > 0:
             h, w = y.shape[1:3]
             windows, padded = window_partition(y, self.window_size)
-            windows = self.attn(windows)
+            del y
+            group = windows.shape[0] if torch.is_grad_enabled() else self.window_group(windows.shape[0])
+            if group >= windows.shape[0]:
+                windows = self.attn(windows)
+            else:  # inference: qkv and attention of a group of windows at a time, in place
+                for start in range(0, windows.shape[0], group):
+                    windows[start : start + group] = self.attn(windows[start : start + group])
             return window_unpartition(windows, self.window_size, padded, (h, w)), None
         return self.attn(y), None
 
-    def forward(self, x: Tensor) -> tuple[Tensor, RoutingInfo | None]:
-        """x: (B, H, W, C) → ((B, H, W, C), routing info or None)."""
+    def window_group(self, num_windows: int) -> int:
+        """Windows per attention call at inference: about ``window_chunk_tokens`` tokens."""
+        if self.window_chunk_tokens is None:
+            return num_windows
+        return max(1, min(num_windows, self.window_chunk_tokens // self.window_size**2))
+
+    def forward(self, x: Tensor, inplace: bool = False) -> tuple[Tensor, RoutingInfo | None]:
+        """x: (B, H, W, C) → ((B, H, W, C), routing info or None).
+
+        ``inplace`` (inference, when the caller no longer needs ``x``, as :meth:`ViT.forward`):
+        the residual adds write into ``x`` instead of allocating two more token maps.
+        """
         mixed, routing = self.mix_tokens(x)
-        x = x + self.drop_path(mixed)
-        x = x + self.drop_path(self.mlp(self.norm2(x)))
+        x = _residual_add(x, self.drop_path(mixed), inplace)
+        del mixed
+        x = _residual_add(x, self.drop_path(self.mlp(self.norm2(x))), inplace)
         if self.residual is not None:
             x = self.residual(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
         return x, routing
+
+
+def _residual_add(x: Tensor, update: Tensor, inplace: bool) -> Tensor:
+    """``x + update``, written into ``x`` when allowed and the dtypes permit (autocast)."""
+    if inplace and not torch.is_grad_enabled() and torch.promote_types(x.dtype, update.dtype) == x.dtype:
+        return x.add_(update)
+    return x + update
 
 
 # Builds the block placed at a global-attention index: called with the keyword arguments of
@@ -197,6 +224,10 @@ class ViT(nn.Module):
         attn_impl: ``"sdpa"`` (fused kernels) or ``"naive"`` (paper-faithful N×N).
         global_block: factory for the blocks at ``global_block_indexes`` (MEMatte's routed
             block); ``None`` builds a plain global :class:`Block` (ViTMatte).
+        chunk_tokens: tokens per MLP pass and per window-attention call at inference (the
+            4×-wide MLP hidden layer and the windows' qkv for that many tokens at a time,
+            :class:`~mematte.models.layers.Mlp`, :meth:`Block.window_group`); None = all at
+            once, as the original code.
     """
 
     def __init__(
@@ -218,6 +249,7 @@ class ViT(nn.Module):
         pretrain_use_cls_token: bool = True,
         attn_impl: AttentionImpl = "sdpa",
         global_block: GlobalBlockFactory | None = None,
+        chunk_tokens: int | None = 4096,
     ) -> None:
         super().__init__()
         bad = [i for i in (*global_block_indexes, *residual_block_indexes) if not 0 <= i < depth]
@@ -251,6 +283,8 @@ class ViT(nn.Module):
             )
             factory = global_block if (is_global and global_block is not None) else Block
             self.blocks.append(factory(**kwargs))
+            self.blocks[-1].mlp.chunk_tokens = chunk_tokens
+            self.blocks[-1].window_chunk_tokens = chunk_tokens
         trunc_normal_(self.pos_embed, std=0.02)
         self.apply(self._init_weights)
 
@@ -297,8 +331,9 @@ class ViT(nn.Module):
         x = self.patch_embed(x)  # (B, h, w, C)
         x = x + self.abs_pos(x.shape[1:3]).to(x.dtype)
         routing: list[RoutingInfo] = []
+        inplace = not torch.is_grad_enabled()  # each block's input is dead once it returns
         for blk in self.blocks:
-            x, info = blk(x)
+            x, info = blk(x, inplace=inplace)
             if info is not None:
                 routing.append(info)
         return BackboneOutput(features=x.permute(0, 3, 1, 2).contiguous(), routing=routing)
