@@ -19,6 +19,9 @@ CONF_DIR = ROOT / "conf"
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
+# precision=auto stays fp32 on CPU (no bf16 accuracy-guard runs, no ~/.cache writes);
+# tests/test_precision.py exercises the guard with this unset
+os.environ.setdefault("MEMATTE_AUTO_BF16", "0")
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 # Overrides that shrink any train config to seconds on a CPU.

@@ -18,7 +18,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("data", ("mematte.data",)),
     ("losses and metrics", ("mematte.losses", "mematte.metrics", "mematte.optim")),
     ("nets and inference", ("mematte.checkpoints", "mematte.checkpoint_compat", "mematte.inference",
-                            "mematte.presets", "mematte.visualize", "mematte.baselines")),
+                            "mematte.presets", "mematte.precision", "mematte.visualize", "mematte.baselines")),
     ("lightning", ("mematte.lit_module", "mematte.callbacks", "mematte.resilience", "mematte.loggers")),
     ("entry points", ("mematte.cli", "mematte.predict", "mematte.bench", "mematte.convert",
                       "mematte.report", "mematte.data.__main__")),

@@ -149,6 +149,35 @@ def test_watchdog_ends_a_survivor_stuck_after_a_death(monkeypatch, caplog):
         child.wait()
 
 
+@pytest.mark.slow
+def test_kill_between_checkpoint_and_its_log_row_loses_no_row(tmp_path):
+    """The window the DDP survivor sits in (a dead peer blocks the checkpoint's barrier): last.ckpt
+    closes step 6 but step 5's row never reached metrics.csv; the resume restores it from the
+    checkpoint, and the curve equals an uninterrupted run's."""
+    args = [*(o for o in TINY_TRAIN if not o.startswith(("trainer.max_steps", "trainer.val_check_interval"))),
+            "trainer.precision=32-true", "data.train_set.num_samples=20",
+            "data.train_set.image_size=96", "trainer.max_steps=9", "trainer.val_check_interval=9",
+            "callbacks.last_checkpoint.every_n_train_steps=3", "callbacks.rich_progress_bar=null",
+            "validate_before_training=false", "test=false"]
+    reference = tmp_path / "reference"
+    finish(start_train(reference, args), reference)
+
+    root = tmp_path / "killed"
+    # the same command twice: the rerun starts at step 6 and never ends a step at global step 6
+    killed = [*args, "+callbacks.kill._target_=fault_injection.KillAfterCheckpoint", "+callbacks.kill.at_step=6"]
+    helpers = (str(Path(__file__).parent),)
+    assert start_train(root, killed, pythonpath=helpers).wait(timeout=300) == -signal.SIGKILL
+    run = only_run(root)
+    assert resilience.checkpoint_step(run / "checkpoints" / "last.ckpt") == 6
+    assert 5 not in loss_curve(run), "the kill came too late to test the window"
+
+    finish(start_train(root, killed, pythonpath=helpers), root)
+    assert only_run(root) == run
+    expected, got = loss_curve(only_run(reference)), loss_curve(run)
+    assert sorted(got) == list(range(9)), "steps missing or repeated in the resumed csv"
+    assert max(abs(got[s] - expected[s]) for s in expected) <= 1e-6
+
+
 # --------------------------------------------------------------------------- 2. full disk
 FULL_DISK_RUN = [
     "trainer.max_steps=2", "trainer.val_check_interval=100", "callbacks.last_checkpoint.every_n_train_steps=1",

@@ -525,10 +525,12 @@ SLOW_ARGS = [
 ]
 
 
-def start_train(root: Path, args: list[str]) -> subprocess.Popen:
-    """``python train.py args`` from ``root`` (its logs/ go there), as a user would start it."""
+def start_train(root: Path, args: list[str], pythonpath: tuple[str, ...] = ()) -> subprocess.Popen:
+    """``python train.py args`` from ``root`` (its logs/ go there), as a user would start it;
+    ``pythonpath``: folders importable besides ``src/`` (config ``_target_`` of test helpers)."""
     root.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
+    env = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), *pythonpath])}
     for name in RESUME_ENV:
         env.pop(name, None)
     out = (root / "out.txt").open("a")

@@ -69,3 +69,4 @@ def test_local_layers_match_timm():
     drop = layers.DropPath(0.5).train()
     kept = drop(torch.ones(1000, 3))
     assert set(kept.unique().tolist()) <= {0.0, 2.0} and 300 < int((kept[:, 0] > 0).sum()) < 700
+

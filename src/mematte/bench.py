@@ -347,6 +347,8 @@ def run_benchmark(cfg: DictConfig) -> list[PointResult]:
         spec_cfg = cfg.models[model]
         net = build_net(net_configs[model])
         precision = spec_cfg.get("precision") or cfg.precision
+        if precision == "auto" and not device.startswith("cuda"):
+            precision = "fp32"  # auto's bf16 on CPU hinges on a guard run: bf16 models say bf16
         # activations under autocast (bf16/fp16, or auto on CUDA) are 2 bytes
         half = precision in ("bf16", "fp16") or (precision == "auto" and device.startswith("cuda"))
         dtype_bytes = 2 if half else 4
@@ -400,6 +402,7 @@ def run_benchmark(cfg: DictConfig) -> list[PointResult]:
         startup = measure_startup(net_configs[str(cfg.startup.model)], Path(cfg.paths.root_dir))
         log.info("start-up: %s", ", ".join(f"{k} {v:.2f}" for k, v in startup.items()))
     write_reports(results, cfg, out_dir / name, budget, startup)
+    append_markdown(out_dir / name, bf16_guard_notes(cfg, net_configs))
     return results
 
 
@@ -426,7 +429,9 @@ def measure_startup(
 
     The run reads a checkpoint of ``net_config`` (random weights), a ``size``² PNG and its
     trimap and writes the alpha (cutout off): process start to exit, as a user sees it.
-    Both are fresh processes; their time includes the interpreter and every import.
+    Both are fresh processes; their time includes the interpreter and every import. The run
+    is fp32: ``precision=auto``'s bf16 guard runs once per weights file on a bf16 CPU (about
+    10 s) and is then cached, so it is not a cost of every start.
     """
     import tempfile
 
@@ -448,7 +453,7 @@ def measure_startup(
             "help_s": [sys.executable, "predict.py", "--help"],
             "first_alpha_s": [
                 sys.executable, "predict.py", f"ckpt_path={tmp / 'net.ckpt'}", f"input={tmp / 'image.png'}",
-                f"trimaps={tmp / 'trimap.png'}", f"out={tmp / 'out'}", "cutout=false",
+                f"trimaps={tmp / 'trimap.png'}", f"out={tmp / 'out'}", "cutout=false", "precision=fp32",
                 f"hydra.run.dir={tmp / 'hydra'}",
             ],
         }
@@ -461,6 +466,49 @@ def measure_startup(
         if not (tmp / "out" / "alpha" / "image.png").is_file():
             raise RuntimeError("predict.py wrote no alpha; the start-up measurement is void")
     return times
+
+
+# --------------------------------------------------------------------------- bf16 guard
+def bf16_guard_notes(cfg: DictConfig, net_configs: dict[str, dict[str, Any]]) -> str:
+    """The bf16 accuracy guard (:func:`mematte.precision.run_guard`) of each bf16 CPU model of
+    the run, as a Markdown section: SAD, MSE, Grad and Conn of bf16 vs. fp32 on the synthetic
+    test images and max|Δα|. The nets have the timed points' (random) weights, so this checks
+    the bf16 kernels and code paths, not a trained checkpoint. ``bf16_guard: false`` skips it.
+    """
+    if not cfg.get("bf16_guard", True) or not str(cfg.device).startswith("cpu"):
+        return ""
+    import torch
+
+    from mematte.checkpoints import build_net
+    from mematte.inference import Predictor
+    from mematte.precision import run_guard
+
+    lines = []
+    for model in cfg.run_models:
+        spec = cfg.models[model]
+        if (spec.get("precision") or cfg.precision) != "bf16":
+            continue
+        try:
+            torch.manual_seed(cfg.seed)  # the weights of the timed points (run_point)
+            predictor = Predictor(build_net(net_configs[model]), precision="bf16",
+                                  tile=spec.get("tile", cfg.tile), context=spec.get("context", cfg.context))
+            result = run_guard(predictor)
+            lines.append(f"- {spec.get('label', model)}: {result.summary()} ({result.seconds:.1f} s)")
+        except Exception as err:  # a report note must not fail the benchmark
+            lines.append(f"- {spec.get('label', model)}: guard failed to run ({type(err).__name__}: {err})")
+        log.info("bf16 guard: %s", lines[-1][2:])
+    if not lines:
+        return ""
+    return ("\n## bf16 accuracy guard\n\nbf16 vs. fp32 on the synthetic test images, as `precision=auto` "
+            "checks it on a CPU with native bf16 (mematte.precision; random weights here):\n\n"
+            + "\n".join(lines) + "\n")
+
+
+def append_markdown(stem: Path, text: str) -> None:
+    """Append ``text`` to ``<stem>.md`` (atomically); nothing for empty text."""
+    if text:
+        md = stem.with_suffix(".md")
+        atomic_write_text(md, (md.read_text() if md.exists() else "") + text)
 
 
 # --------------------------------------------------------------------------- targets

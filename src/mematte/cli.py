@@ -430,9 +430,10 @@ def _continue_logs(loggers: list[Any], plan: ResumePlan) -> None:
 
     from mematte import resilience
 
+    pending = resilience.checkpoint_log_rows(plan.ckpt_path) if plan.ckpt_path else []
     for logger in loggers:
         if isinstance(logger, CSVLogger):
-            kept = resilience.restore_csv_history(logger, before_step=plan.start_step)
+            kept = resilience.restore_csv_history(logger, before_step=plan.start_step, pending_rows=pending)
             log.info("kept %d csv rows of the interrupted attempt (steps < %d)", kept, plan.start_step)
 
 

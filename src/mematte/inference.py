@@ -29,16 +29,19 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from torch import Tensor, nn
 
 from mematte.models.decoder import BAND_HALO, DetailCapture
-from mematte.models.matting_net import MattingNet, padded_size
+from mematte.models.matting_net import LazyInput, MattingNet, as_tensor, crop_input, padded_size
 from mematte.models.routed_block import INFERENCE_RULES, RoutedBlock
 from mematte.models.vit import RoutingInfo, ViT
 from mematte.presets import encode_trimap, finish_alpha, inference_rules
+
+if TYPE_CHECKING:  # pragma: no cover
+    from mematte.precision import GuardResult
 
 log = logging.getLogger("mematte")
 
@@ -103,7 +106,7 @@ def _check_multiple(name: str, value: int, stride: int, allow_zero: bool = False
 def decode_tiled(
     decoder: DetailCapture,
     features: Tensor,
-    images: Tensor,
+    images: Tensor | LazyInput,
     tile: int = 512,
     context: int = 64,
 ) -> Tensor:
@@ -128,7 +131,8 @@ def decode_tiled(
     Args:
         decoder: the detail-capture decoder, in eval mode.
         features: (B, C, H/16, W/16) backbone features.
-        images: (B, 4, H, W) normalised decoder input (already padded; H, W multiples of 16).
+        images: (B, 4, H, W) normalised decoder input (already padded; H, W multiples of 16),
+            or a :class:`~mematte.models.matting_net.LazyInput` that computes each window.
         tile: output tile side in pixels, a positive multiple of 16.
         context: extra input pixels on every side of a tile, a multiple of 16; 0 = the official
             MEMatte decoder's patches (zero-padded at every patch border, so not exact there;
@@ -159,7 +163,7 @@ def decode_tiled(
         )
 
     if h <= tile and w <= tile:
-        return decoder(features, images)
+        return decoder(features, as_tensor(images))
 
     out: Tensor | None = None
     for y0 in range(0, h, tile):
@@ -170,7 +174,7 @@ def decode_tiled(
             wx0, wx1 = max(x0 - context, 0), min(x1 + context, w)
             alpha = decoder(
                 features[:, :, wy0 // stride : wy1 // stride, wx0 // stride : wx1 // stride],
-                images[:, :, wy0:wy1, wx0:wx1],
+                crop_input(images, wy0, wy1, wx0, wx1),
             )
             if out is None:
                 out = alpha.new_empty((b, alpha.shape[1], h, w))
@@ -279,59 +283,88 @@ def _routed_tokens(block: RoutedBlock, n: int) -> int:
 def _backbone_peak_elements(
     backbone: ViT, grid: tuple[int, int], batch: int, element_bytes: int = 4
 ) -> tuple[int, int]:
-    """Largest number of activation elements alive at once in one backbone block.
+    """Largest number of activation elements alive at once in the backbone (inference).
 
-    Returns ``(peak, matrices)``: the peak, and how much of it are the N×N matrices of naive
-    attention (exactly known, so the estimate's proportional margin leaves them out).
+    Returns ``(peak, matrices)``: the peak, and how much of it are the N×N (K×K) matrices of
+    naive attention (exactly known, so the estimate's proportional margin leaves them out).
 
+    Follows what the inference code allocates. With ``u = B·N·C`` (one token map), every
+    block updates the residual stream ``x`` (u) in place (:meth:`~mematte.models.vit.Block.forward_lean`),
+    so besides ``x`` a block holds:
 
-    Counts the residual stream (block input and output), and per block type the tensors that
-    coexist at its widest point: qkv and its head-split copy, the rel-pos bias mask of one
-    query chunk (:meth:`~mematte.models.attention.Attention.rel_pos_peak_elements`, as the
-    forward pass chunks it), or the N×N matrices of the naive path, the MLP hidden layer and
-    its GELU for one chunk of tokens (:class:`~mematte.models.layers.Mlp`) plus its output,
-    and for routed blocks the router, the LTRM's 2C-wide layers and the gathered K tokens.
+    * window attention: one band of whole window rows (its LayerNorm, zero-padded and
+      partitioned copies, later the unpartitioned update: 3 band maps) and, per call of
+      ``window_group`` windows, qkv, its head split, the attention output, the merged heads
+      and the projection (9·C per token) plus the rel-pos mask of one chunk
+      (:meth:`~mematte.models.attention.Attention.rel_pos_peak_elements`) or the naive path's
+      logits, biased logits and softmax;
+    * global attention (ViTMatte): the LayerNorm, qkv and its head split (7u), the bias mask
+      of one query chunk or the N×N matrices, then the output;
+    * routed blocks: the router (its LayerNorm/Linear pair and the scoring MLP's input:
+      2.5u), the LTRM output (u) with one band of its 2C-wide layers, and the K gathered
+      tokens (gathered, normalised, qkv, head split: 8·K·C per image), plus K×K matrices
+      on the naive path;
+    * the MLP: one chunk of tokens (LayerNorm, hidden layer with GELU in place, output);
+    * the conv residual: two bands' updates and one band's C/2-wide layers;
+    * the end: the (B, C, h, w) feature copy next to ``x`` (2u); the start: the token map
+      and one strip of the embedded input (normalised and concatenated, fp32).
     """
     hg, wg = grid
     n = hg * wg
     c = backbone.embed_dim
-    peak = matrices_at_peak = 0
+    u = batch * n * c
+    p = backbone.patch_size
+    first = backbone.blocks[0] if len(backbone.blocks) else None
+    band = first.band_tokens() if first is not None else n
+    strip_rows = max(1, band // max(1, batch * wg))
+    # the token map and one strip of the lazily computed input: image, normalised, cat (fp32)
+    embed_tokens = min(hg, strip_rows) * wg * batch
+    peak = u + embed_tokens * p * p * 13 * 4 // element_bytes
+    peak = max(peak, 2 * u)  # the features' (B, C, h, w) copy next to x
+    matrices_at_peak = 0
     for block in backbone.blocks:
         attn = block.attn
         heads = attn.num_heads
-        bias = 0  # rel-pos mask of one query chunk (all images of the batch)
-        matrices = 0  # naive attention's N×N matrices of one call (all images of the batch)
+        matrices = 0
+        band_tokens = block.band_tokens()
         if isinstance(block, RoutedBlock):
             k = _routed_tokens(block, n)
-            # router + LTRM (2C wide) + y; gathered qkv/attn
-            mixing = batch * (6 * n * c + 8 * k * c)
+            rows = max(1, -(-2 * band_tokens // (batch * wg)))
+            ltrm_band = (min(hg, rows) + 4) * wg * batch * 2 * c * 3
+            gathered = batch * 8 * k * c
             if attn.attn_impl == "naive":
                 matrices = 2 * batch * heads * k * k
+            mixing = max(int(2.5 * u), u + ltrm_band, u + gathered + matrices)
         elif block.window_size > 0:
             s = block.window_size
-            windows = batch * math.ceil(hg / s) * math.ceil(wg / s)
-            group = block.window_group(windows)  # windows per attention call at inference
-            # y (or its padded copy), the windows, and per call qkv, its head split, the
-            # output and its projection; later the unpartitioned copy
-            mixing = batch * n * c + windows * s * s * c + 8 * group * s * s * c
+            per_row = batch * math.ceil(wg / s)
+            windows = per_row * math.ceil(hg / s)
+            group = block.window_group(windows)  # windows per attention call
+            band_windows = max(group, per_row * max(1, group // per_row))
+            call = 9 * group * s * s * c
             if attn.attn_impl == "naive":
                 matrices = 3 * group * heads * (s * s) ** 2  # logits, biased copy, softmax
             elif attn.use_rel_pos:
-                bias = attn.rel_pos_peak_elements(group * heads, (s, s), element_bytes)
+                call += attn.rel_pos_peak_elements(group * heads, (s, s), element_bytes)
+            mixing = 3 * band_windows * s * s * c + call + matrices
         else:
-            mixing = batch * 7 * n * c  # y, qkv, its head split
+            bias = 0
             if attn.attn_impl == "naive":
                 matrices = 3 * batch * heads * n * n
             elif attn.use_rel_pos:
                 bias = attn.rel_pos_peak_elements(batch * heads, grid, element_bytes)
-        mixing += matrices + bias
+            mixing = 7 * u + bias + matrices
         chunk = block.mlp.chunk_tokens
-        hidden_tokens = batch * n if chunk is None else min(batch * n, chunk)
-        mlp = 2 * block.mlp.fc1.out_features * hidden_tokens + (0 if chunk is None else batch * n * c)
-        block_peak = batch * 2 * n * c + max(mixing, mlp)
+        mlp_tokens = batch * n if chunk is None else min(batch * n, chunk)
+        mlp = mlp_tokens * (2 * c + block.mlp.fc1.out_features)
+        residual = 0
+        if block.residual is not None:
+            rows = min(hg, max(1, -(-band_tokens // (batch * wg))))
+            residual = (rows + 2) * wg * batch * 3 * c
+        block_peak = u + max(mixing, mlp, residual)
         if block_peak > peak:
             peak = block_peak
-            matrices_at_peak = matrices if mixing >= mlp else 0
+            matrices_at_peak = matrices if mixing >= max(mlp, residual) else 0
     return peak, matrices_at_peak
 
 
@@ -358,9 +391,10 @@ def estimate_peak_bytes(
         dtype_bytes: 4 (fp32) or 2 (bf16/fp16 autocast activations).
 
     Returns:
-        Bytes per part: ``weights``, ``inputs`` (image, trimap, padded network input, output),
-        ``backbone``, ``decoder`` (features + one tile), ``margin``, and ``total`` = weights +
-        inputs + max(backbone, decoder) + margin.
+        Bytes per part: ``weights``, ``inputs`` (the encoded trimap; the image as given is
+        the caller's), ``backbone`` (:func:`_backbone_peak_elements`), ``decoder`` (features,
+        the alpha being filled, one tile), ``finish`` (clamping the alpha), ``margin``, and
+        ``total`` = weights + inputs + max(backbone, decoder, finish) + margin.
     """
     div = net.size_divisor
     hp, wp = math.ceil(height / div) * div, math.ceil(width / div) * div
@@ -368,9 +402,10 @@ def estimate_peak_bytes(
     grid = (hp // patch, wp // patch)
     c = net.backbone.embed_dim
     weights = sum(p.numel() * p.element_size() for p in net.parameters())
-    # image (3) + trimap (1) as given, their normalised concat (4) and its padded copy (4),
-    # and the fp32 alpha output (1)
-    inputs = 4 * batch * (8 * height * width + 4 * hp * wp + height * width)
+    pixels, padded = batch * height * width, batch * hp * wp
+    # the encoded fp32 trimap, alive throughout (the image stays as given: the network input
+    # is computed strip by strip and window by window, LazyInput)
+    inputs = 4 * pixels
     backbone_elements, matrix_elements = _backbone_peak_elements(net.backbone, grid, batch, dtype_bytes)
     backbone = dtype_bytes * backbone_elements
     features = dtype_bytes * batch * c * grid[0] * grid[1]
@@ -378,20 +413,24 @@ def estimate_peak_bytes(
         decoder_tile = decoder_tile_peak_bytes(net.decoder, tile, context, c, dtype_bytes)
     else:  # one call on the whole (padded) image
         decoder_tile = decoder_tile_peak_bytes(net.decoder, max(hp, wp), 0, c, dtype_bytes)
-    decoder = features + batch * decoder_tile
-    activations = inputs + max(backbone, decoder)
-    # Allocator slack, temporaries the model misses and backend workspaces: calibrated on
-    # fresh-process CPU peaks of ViT-S nets at 1024² and 2048² (the model alone came out
-    # 2–25% low; with the margin it is 0–20% high). Naive attention's N×N matrices are exact
-    # (measured within 2% at 1024²) and get no proportional margin: at 2048² they are 18 GiB,
-    # and 20% of that would refuse images that fit.
-    exact = dtype_bytes * matrix_elements if backbone >= decoder else 0
+    # features, the fp32 (B, 1, Hp, Wp) alpha being filled, one window
+    decoder = features + 4 * padded + batch * decoder_tile
+    # the end: alpha, then clamping to the trimap (two torch.where, each with its
+    # zeros/ones and mask) and the 8-bit rule: 17 bytes per pixel
+    finish = 17 * pixels
+    activations = inputs + max(backbone, decoder, finish)
+    # Allocator slack, temporaries the model misses, backend workspaces and one-off costs of
+    # a first run (_MARGIN_BYTES). Naive attention's N×N matrices are exact and get no
+    # proportional margin: at 2048² they are 18 GiB, and a share of that would refuse images
+    # that fit.
+    exact = dtype_bytes * matrix_elements if backbone >= max(decoder, finish) else 0
     margin = int(_MARGIN_FRACTION * (activations - exact)) + _MARGIN_BYTES
     return {
         "weights": weights,
         "inputs": inputs,
         "backbone": backbone,
         "decoder": decoder,
+        "finish": finish,
         "margin": margin,
         "total": weights + activations + margin,
     }
@@ -458,8 +497,10 @@ class Predictor:
     Args:
         net: the matting net (ViTMatte or MEMatte); put in eval mode.
         device: where to run (``"cpu"``, ``"cuda"``...).
-        precision: ``auto`` (bf16 autocast on CUDA GPUs that support it, else fp16; fp32 on
-            CPU), ``fp32``, ``bf16`` or ``fp16``.
+        precision: ``auto`` (bf16 autocast on CUDA GPUs that support it, else fp16; on CPU
+            bf16 where the CPU has native bf16 and the accuracy guard of
+            :mod:`mematte.precision` holds for the weights, else fp32), ``fp32``, ``bf16``
+            (no guard) or ``fp16``.
         tile, context: decoder tiling (multiples of 16); ``tile=None`` decodes the whole image
             in one call (the original code's way, for baselines: full-resolution activations);
             ``tile="auto"`` picks one per image size (:meth:`choose_tile`).
@@ -499,15 +540,40 @@ class Predictor:
         self.tile = tile
         self.context = context
         self.memory_budget_gb = memory_budget_gb
+        # precision=auto on CPU: resolved once, on first use (mematte.precision: bf16 where the
+        # CPU has it and the accuracy guard holds for these weights)
+        self.guard: GuardResult | None = None
+        # the decoder in channels-last on CPU (faster, same values to rounding); not for the
+        # paper-faithful decoder (lean_inference=False), which keeps the original code's layout
+        self.channels_last = self.device.type == "cpu" and bool(getattr(self.net.decoder.matting_head, "fold_bn", False))
+        self._cpu_auto_dtype: torch.dtype | None = None
+        self._cpu_auto_resolved = False
 
     @property
     def autocast_dtype(self) -> torch.dtype | None:
-        """Activation dtype under autocast, or None for fp32."""
-        if self.precision == "fp32" or (self.precision == "auto" and self.device.type != "cuda"):
+        """Activation dtype under autocast, or None for fp32.
+
+        ``auto``: bf16 (fp16 without bf16) on CUDA; on a CPU bf16 only where it runs natively
+        and the accuracy guard holds for these weights (:meth:`resolve_cpu_auto`), else fp32.
+        """
+        if self.precision == "fp32":
             return None
         if self.precision == "auto":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+            if self.device.type == "cuda":
+                return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+            return self.resolve_cpu_auto() if self.device.type == "cpu" else None
         return torch.bfloat16 if self.precision == "bf16" else torch.float16
+
+    def resolve_cpu_auto(self) -> torch.dtype | None:
+        """``precision=auto`` on CPU, decided once per predictor (the verdict is also cached on
+        disk per weights): :func:`mematte.precision.resolve_auto_cpu`. The guard's evidence,
+        when it ran or was cached, is in :attr:`guard`."""
+        if not self._cpu_auto_resolved:
+            from mematte.precision import resolve_auto_cpu
+
+            self._cpu_auto_dtype, self.guard = resolve_auto_cpu(self)
+            self._cpu_auto_resolved = True
+        return self._cpu_auto_dtype
 
     def choose_tile(self, height: int, width: int, batch: int = 1) -> int | None:
         """The decoder tile for an image: ``tile`` as given, or :func:`auto_tile` for ``"auto"``."""
@@ -570,22 +636,31 @@ class Predictor:
                 f"trimap {tuple(trimap.shape)} does not match image {tuple(image.shape)}: it "
                 "needs one channel and the image's height and width"
             )
-        if image.dtype == torch.uint8:
-            image = image.float() / 255.0
-        elif not image.is_floating_point():
+        if image.dtype != torch.uint8 and not image.is_floating_point():
             raise TypeError(f"image dtype {image.dtype} unsupported: pass uint8 or float in [0, 1]")
         b, _, h, w = image.shape
         estimate = self.check_budget(h, w, b)
         trimap = encode_trimap(trimap, self.rules.trimap_encoding).to(self.device)
-        image = image.float().to(self.device)
+        # uint8 stays uint8: each window of the network input is divided by 255 when needed
+        image = image.to(self.device) if image.dtype == torch.uint8 else image.float().to(self.device)
         dtype = self.autocast_dtype
         with torch.inference_mode(), torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None):
-            x = self.net.prepare_inputs(image, trimap, self.rules.padding)
-            del image  # the normalised, padded copy in x is all that is needed from here
+            # the normalised, padded input, computed strip by strip (patch embedding) and
+            # window by window (decoder): no full-resolution float copy of the image
+            x = self.net.lazy_inputs(image, trimap, self.rules.padding)
+            del image
             backbone_out = self.net.backbone(x)
             routing = backbone_out.routing
+            if self.channels_last:
+                # the decoder in channels-last, oneDNN's native CPU layout: no reorder around
+                # every conv, vectorised bilinear upsampling (measured 1.9× faster in bf16, 1.4×
+                # in fp32). Under bf16 x comes in bf16, which is exact: every conv casts its
+                # input to bf16 anyway (the fp32 concat of x with a bf16 level was a detour).
+                x = x.to(dtype=dtype, memory_format=torch.channels_last) if dtype == torch.bfloat16 \
+                    else x.to(memory_format=torch.channels_last)
+                backbone_out.features = backbone_out.features.contiguous(memory_format=torch.channels_last)
             if self.tile is None:
-                alpha = self.net.decoder(backbone_out.features, x)
+                alpha = self.net.decoder(backbone_out.features, as_tensor(x))
             else:
                 tile = self.choose_tile(h, w, b)
                 alpha = decode_tiled(self.net.decoder, backbone_out.features, x, tile, self.context)

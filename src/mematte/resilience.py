@@ -144,6 +144,16 @@ def checkpoint_step(path: str | Path) -> int:
     return int(ckpt.get("global_step", 0))
 
 
+# Checkpoint key of the log rows of the step a checkpoint closes (see Preemption.on_save_checkpoint)
+PENDING_LOG_ROWS = "mematte_pending_log_rows"
+
+
+def checkpoint_log_rows(path: str | Path) -> list[dict[str, Any]]:
+    """The log rows a checkpoint carries for its last step (memory-mapped read; [] if none)."""
+    ckpt = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
+    return [dict(row) for row in ckpt.get(PENDING_LOG_ROWS, [])]
+
+
 # --------------------------------------------------------------------------- locking
 class RunLock:
     """An exclusive ``flock`` on ``<run>/.lock``, held while a process trains in that directory.
@@ -458,26 +468,36 @@ def plan_resume(
 
 
 # --------------------------------------------------------------------------- loggers
-def restore_csv_history(logger: Any, before_step: int) -> int:
+def restore_csv_history(logger: Any, before_step: int, pending_rows: Sequence[Mapping[str, Any]] = ()) -> int:
     """Keep a resumed run's earlier CSV rows (``step < before_step``) in ``metrics.csv``.
 
     Lightning's CSV writer deletes an existing ``metrics.csv`` when it starts. Rows from the
     interrupted attempt up to the checkpoint are kept; later ones are dropped because the
-    resumed run logs those steps again. The old file is first renamed to
-    ``metrics.before_resume.csv`` so that a kill during this repair loses nothing (the next
-    resume reads it from there). Returns the number of rows kept.
+    resumed run logs those steps again. ``pending_rows`` (:func:`checkpoint_log_rows`) are the
+    rows of the checkpoint's last step: Lightning logs them only after the checkpoint is
+    written, so a process that died in between (a DDP rank blocked in the checkpoint's
+    barrier by a dead peer, a kill -9) never wrote them; they are added where missing. The
+    old file is first renamed to ``metrics.before_resume.csv`` so that a kill during this
+    repair loses nothing (the next resume reads it from there). Returns the number of rows kept.
     """
     log_dir = Path(logger.log_dir)
     current = log_dir / "metrics.csv"
     backup = log_dir / "metrics.before_resume.csv"
     if current.is_file() and not backup.is_file():
         os.replace(current, backup)
-    if not backup.is_file():
+    header: list[str] = []
+    rows: list[dict[str, Any]] = []
+    if backup.is_file():
+        with backup.open(newline="") as f:
+            reader = csv.DictReader(f)
+            header = list(reader.fieldnames or [])
+            rows = [r for r in reader if r.get("step") not in (None, "") and float(r["step"]) < before_step]
+    missing = [dict(r) for r in pending_rows if int(r["step"]) < before_step and not _row_logged(rows, r)]
+    if not rows and not missing:
         return 0
-    with backup.open(newline="") as f:
-        reader = csv.DictReader(f)
-        header = list(reader.fieldnames or [])
-        rows = [r for r in reader if r.get("step") not in (None, "") and float(r["step"]) < before_step]
+    if missing:
+        header = [*header, *(k for r in missing for k in r if k not in header)]
+        rows = sorted([*rows, *missing], key=lambda r: float(r["step"]))  # stable: order within a step kept
     writer = logger.experiment  # created now, with no old file left for it to delete
     # Future saves add their new keys to these and rewrite the file with the union header.
     writer.metrics_keys = sorted(set(getattr(writer, "metrics_keys", [])) | set(header))
@@ -485,8 +505,18 @@ def restore_csv_history(logger: Any, before_step: int) -> int:
         out = csv.DictWriter(f, fieldnames=writer.metrics_keys)
         out.writeheader()
         out.writerows(rows)
-    backup.unlink()
+    backup.unlink(missing_ok=True)
     return len(rows)
+
+
+def _row_logged(rows: Sequence[Mapping[str, Any]], row: Mapping[str, Any]) -> bool:
+    """Whether ``rows`` already hold ``row``'s values at its step (a row of the CSV writer)."""
+    step = float(row["step"])
+    keys = [k for k in row if k != "step"]
+    return any(
+        r.get("step") not in (None, "") and float(r["step"]) == step and all(r.get(k) not in (None, "") for k in keys)
+        for r in rows
+    )
 
 
 def new_wandb_id() -> str:
@@ -699,6 +729,7 @@ class Preemption(Callback):
         self._trainer: Trainer | None = None
         self._active = False
         self._deferred = False
+        self._pending_rows: list[dict[str, Any]] = []
 
     # ---------------------------------------------------------------- signal handlers
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
@@ -746,12 +777,24 @@ class Preemption(Callback):
 
     # ---------------------------------------------------------------- step boundaries
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
+        self._pending_rows = []
         if self.flush_loggers:  # the previous step's rows are logged by now
             _flush_loggers(trainer)
 
     def on_train_batch_end(self, trainer: Trainer, *args: Any) -> None:
+        # Runs before the ModelCheckpoints' hook (Lightning calls those last): a last.ckpt saved
+        # now closes this step, whose log rows Lightning writes only after the save.
+        self._pending_rows = _step_log_rows(trainer) if self.flush_loggers and trainer.is_global_zero else []
         if self.received is not None:
             _request_lightning_stop(trainer)
+
+    def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
+        # A process can die after the checkpoint is on disk but before this step's rows are
+        # (in DDP a survivor waits in the save's barrier for a dead peer until the watchdog
+        # ends it): the checkpoint carries them, and a resume adds the ones the CSV lacks
+        # (restore_csv_history).
+        if self._pending_rows:
+            checkpoint[PENDING_LOG_ROWS] = [dict(row) for row in self._pending_rows]
 
     def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self.flush_loggers and trainer.state.fn == "fit":
@@ -814,6 +857,31 @@ def _set_lightning_stop(trainer: Trainer, value: bool) -> None:
 
 def _request_lightning_stop(trainer: Trainer) -> None:
     _set_lightning_stop(trainer, True)
+
+
+def _step_log_rows(trainer: Trainer) -> list[dict[str, Any]]:
+    """The row Lightning's loggers get at the end of the current training step, as the CSV
+    writer stores it (``step`` plus the logged scalars); [] if this step logs nothing.
+
+    Mirrors ``_LoggerConnector.update_train_step_metrics`` / ``log_metrics`` (Lightning has no
+    public hook between its checkpoint save and its logging of the step)."""
+    connector = getattr(trainer, "_logger_connector", None)
+    if connector is None or not trainer.loggers:
+        return []
+    if trainer.fit_loop._should_accumulate() and trainer.lightning_module.automatic_optimization:
+        return []
+    if not (connector.should_update_logs or trainer.fast_dev_run):
+        return []
+    from lightning.fabric.utilities.apply_func import convert_tensors_to_scalars
+
+    metrics = dict(convert_tensors_to_scalars(connector.metrics["log"]))
+    if not metrics:
+        return []
+    step = metrics.pop("step", None)
+    if step is None:
+        metrics.setdefault("epoch", trainer.current_epoch)
+        step = trainer.fit_loop.epoch_loop._batches_that_stepped
+    return [{**metrics, "step": int(step)}]
 
 
 def _flush_loggers(trainer: Trainer) -> None:

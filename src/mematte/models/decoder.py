@@ -87,10 +87,12 @@ class FusionBlock(nn.Module):
         return self.conv(torch.cat([detail, up], dim=1))
 
 
-# Input rows of context on each side of a band: the ×2 bilinear upsample reads ±1 source row
-# and clamps at a slice border, and each 3×3 conv after it (fusion, head) reads ±1 output row,
-# so 3 source rows keep every band row exact (tests compare with the unbanded pass).
-BAND_HALO = 3
+# Input rows of context on each side of a band. Output rows [2·s0, 2·s1) of the head read
+# fusion rows ±1, which read upsampled rows ±1 more, i.e. [2·s0 − 2, 2·s1 + 2); upsampled row
+# i reads source rows ⌊i/2 − 1/4⌋ and the next, so source rows [s0 − 2, s1 + 2), and a slice
+# from s0 − 2 computes its upsampled rows from 2·(s0 − 2) + 1 on without clamping. 2 source
+# rows keep every band row exact (tests compare with the unbanded pass).
+BAND_HALO = 2
 
 
 def in_row_bands(
@@ -116,8 +118,9 @@ def in_row_bands(
         s1 = min(s0 + step, h)
         lo, hi = max(0, s0 - BAND_HALO), min(h, s1 + BAND_HALO)
         y = stage(x[:, :, lo:hi], detail[:, :, 2 * lo : 2 * hi])
-        if out is None:
-            out = y.new_empty((*y.shape[:2], 2 * h, y.shape[-1]))
+        if out is None:  # in the stage's layout (channels-last under CPU bf16, see Predictor)
+            fmt = torch.channels_last if y.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+            out = torch.empty((*y.shape[:2], 2 * h, y.shape[-1]), dtype=y.dtype, device=y.device, memory_format=fmt)
         out[:, :, 2 * s0 : 2 * s1] = y[:, :, 2 * (s0 - lo) : 2 * (s1 - lo)]
         del y
     assert out is not None
@@ -155,7 +158,8 @@ class DetailCapture(nn.Module):
         convstream_out: conv-stream widths at 1/2, 1/4, 1/8.
         fusion_out: fusion widths at 1/8, 1/4, 1/2, 1/1.
         band_pixels: output pixels per band of a fusion stage at inference (:func:`in_row_bands`;
-            65,536 = 64 rows of a 1024-wide window); None = each stage at once.
+            16,384 = 16 rows of a 1024-wide window: a 1/2-resolution band of 368 channels is
+            then 24 MiB; None = each stage at once).
         lean_inference: fold BatchNorm and compute in bands at inference (exact; less memory
             and time). False = the original code's tensors, for paper-faithful baselines.
     """
@@ -166,7 +170,7 @@ class DetailCapture(nn.Module):
         img_chans: int = 4,
         convstream_out: Sequence[int] = (48, 96, 192),
         fusion_out: Sequence[int] = (256, 128, 64, 32),
-        band_pixels: int | None = 65536,
+        band_pixels: int | None = 16384,
         lean_inference: bool = True,
     ) -> None:
         super().__init__()

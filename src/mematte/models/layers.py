@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["DropPath", "LayerNorm2d", "Mlp", "resample_abs_pos_embed", "trunc_normal_"]
+__all__ = ["DropPath", "LayerNorm2d", "Mlp", "act_", "resample_abs_pos_embed", "trunc_normal_"]
 
 # torch's initialiser is the algorithm timm's ``trunc_normal_`` copies (absolute bounds a, b)
 trunc_normal_ = nn.init.trunc_normal_
@@ -87,14 +87,28 @@ class Mlp(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """x: (..., C) → (..., out_features)."""
         tokens = x.numel() // x.shape[-1]
-        if torch.is_grad_enabled() or self.chunk_tokens is None or tokens <= self.chunk_tokens:
+        if torch.is_grad_enabled():
             return self.fc2(self.act(self.fc1(x)))
+        if self.chunk_tokens is None or tokens <= self.chunk_tokens:
+            return self.fc2(self._hidden(x))
         flat = x.reshape(tokens, x.shape[-1])
         out = flat.new_empty((tokens, self.fc2.out_features))
         for start in range(0, tokens, self.chunk_tokens):
             part = slice(start, start + self.chunk_tokens)
-            out[part] = self.fc2(self.act(self.fc1(flat[part])))
+            out[part] = self.fc2(self._hidden(flat[part]))
         return out.view(*x.shape[:-1], self.fc2.out_features)
+
+    def _hidden(self, x: Tensor) -> Tensor:
+        """Inference: ``act(fc1(x))``, the GELU applied in place (one hidden buffer, not two)."""
+        return act_(self.act, self.fc1(x))
+
+
+def act_(act: nn.Module, x: Tensor) -> Tensor:
+    """``act(x)``, computed in place where ``act`` is a GELU (inference: ``x`` must not be
+    needed afterwards). The same kernel as ``nn.GELU``, so the same values."""
+    if type(act) is nn.GELU and not torch.is_grad_enabled():
+        return torch.ops.aten.gelu_(x, approximate=act.approximate)
+    return act(x)
 
 
 def resample_abs_pos_embed(

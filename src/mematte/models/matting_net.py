@@ -156,6 +156,18 @@ class MattingNet(nn.Module):
         x = torch.cat([(image - self.pixel_mean) / self.pixel_std, trimap.to(image.dtype)], dim=1)
         return pad_to_multiple(x, self.size_divisor, padding)
 
+    def lazy_inputs(self, image: Tensor, trimap: Tensor, padding: str = "aligned") -> LazyInput:
+        """The network input of :meth:`prepare_inputs`, computed window by window on demand
+        (:class:`LazyInput`): at inference nothing full-resolution besides the given image
+        and trimap needs to exist (the backbone embeds it in strips, the decoder reads its
+        windows)."""
+        if image.shape[-2:] != trimap.shape[-2:]:
+            raise ValueError(
+                f"image {tuple(image.shape[-2:])} and trimap {tuple(trimap.shape[-2:])} differ in size"
+            )
+        return LazyInput(image, trimap, self.pixel_mean, self.pixel_std,
+                         padded_size(*image.shape[-2:], self.size_divisor, padding))
+
     def forward(self, image: Tensor, trimap: Tensor, padding: str = "aligned") -> MattingOutput:
         """image: (B, 3, H, W) in [0, 1], trimap: (B, 1, H, W) in {0, 0.5, 1} → alpha (B, 1, H, W).
 
@@ -165,6 +177,59 @@ class MattingNet(nn.Module):
         out = self.backbone(x)
         alpha = self.decoder(out.features, x)[..., :h, :w]
         return MattingOutput(alpha=alpha, features=out.features, routing=out.routing)
+
+
+class LazyInput:
+    """The (B, 4, Hp, Wp) network input (normalised RGB, trimap, zero padding) without
+    materialising it: :meth:`crop` computes one window, with the same elementwise operations
+    as :meth:`MattingNet.prepare_inputs`, so a crop equals the same slice of the full input.
+
+    ``image`` may stay uint8 (divided by 255 per window, as the predictor does for the whole
+    image). ``shape`` and ``ndim`` mimic a tensor; :meth:`to` sets the dtype and memory format
+    the crops come in.
+    """
+
+    ndim = 4
+
+    def __init__(self, image: Tensor, trimap: Tensor, mean: Tensor, std: Tensor,
+                 padded: tuple[int, int], dtype: torch.dtype | None = None,
+                 memory_format: torch.memory_format | None = None) -> None:
+        self.image, self.trimap, self.mean, self.std = image, trimap, mean, std
+        self.padded = padded
+        self.dtype, self.memory_format = dtype, memory_format
+        self.shape = torch.Size((image.shape[0], 4, *padded))
+
+    def to(self, dtype: torch.dtype | None = None, memory_format: torch.memory_format | None = None) -> LazyInput:
+        """The same input, its crops converted to ``dtype`` / ``memory_format``."""
+        return LazyInput(self.image, self.trimap, self.mean, self.std, self.padded,
+                         dtype or self.dtype, memory_format or self.memory_format)
+
+    def crop(self, y0: int, y1: int, x0: int, x1: int) -> Tensor:
+        """Rows ``y0:y1`` and columns ``x0:x1`` of the padded input: (B, 4, y1 − y0, x1 − x0)."""
+        h, w = self.image.shape[-2:]
+        image = self.image[:, :, y0 : min(y1, h), x0 : min(x1, w)]
+        if image.dtype == torch.uint8:
+            image = image.float() / 255.0
+        x = torch.cat([(image - self.mean) / self.std, self.trimap[:, :, y0:y1, x0:x1].to(image.dtype)], dim=1)
+        if x.shape[-2:] != (y1 - y0, x1 - x0):  # the zero padding at the bottom / right
+            x = F.pad(x, (0, x1 - x0 - x.shape[-1], 0, y1 - y0 - x.shape[-2]))
+        if self.dtype is not None or self.memory_format is not None:
+            x = x.to(dtype=self.dtype or x.dtype, memory_format=self.memory_format or torch.contiguous_format)
+        return x
+
+    def materialize(self) -> Tensor:
+        """The whole input as one tensor."""
+        return self.crop(0, self.shape[2], 0, self.shape[3])
+
+
+def as_tensor(x: Tensor | LazyInput) -> Tensor:
+    """A tensor as it is; a :class:`LazyInput` materialised."""
+    return x.materialize() if isinstance(x, LazyInput) else x
+
+
+def crop_input(x: Tensor | LazyInput, y0: int, y1: int, x0: int, x1: int) -> Tensor:
+    """``x[:, :, y0:y1, x0:x1]`` of a tensor or a :class:`LazyInput`."""
+    return x.crop(y0, y1, x0, x1) if isinstance(x, LazyInput) else x[:, :, y0:y1, x0:x1]
 
 
 def clamp_to_trimap(alpha: Tensor, trimap: Tensor) -> Tensor:

@@ -29,7 +29,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mematte.models.attention import AttentionImpl, naive_attention
-from mematte.models.ltrm import TokenRefiner
+from mematte.models.layers import act_
+from mematte.models.ltrm import ConvTokenRefiner, TokenRefiner
 from mematte.models.router import Router
 from mematte.models.vit import Block, RoutingInfo
 
@@ -302,13 +303,17 @@ class RoutedBlock(Block):
             out = F.scaled_dot_product_attention(q, k, v, scale=self.attn.scale)
         return self.attn.merge_heads(out, b)
 
-    def attend_gathered(self, y: Tensor, decision: Tensor, refined: Tensor) -> Tensor:
+    def attend_gathered(
+        self, y: Tensor, decision: Tensor, refined: Tensor, norm: Callable[[Tensor], Tensor] | None = None
+    ) -> Tensor:
         """Inference path: attention on the routed tokens only, scattered over the LTRM output.
 
         Args:
-            y: (B, N, C) normalised tokens.
+            y: (B, N, C) normalised tokens, or the block's input tokens when ``norm`` is given.
             decision: (B, N) hard decisions in {0, 1}.
             refined: (B, N, C) LTRM output.
+            norm: applied to the gathered tokens only (the per-token LayerNorm: the same
+                values as normalising all N first, for K tokens of memory instead of N).
 
         Returns:
             (B, N, C): attention output at routed tokens, LTRM output elsewhere.
@@ -324,13 +329,25 @@ class RoutedBlock(Block):
             if k == 0:
                 return out
             index = keep.nonzero()[:, 1].view(y.shape[0], k)[..., None].expand(-1, -1, c)
-            attended = self._attention(y.gather(1, index))
+            gathered = y.gather(1, index)
+            attended = self._attention(gathered if norm is None else norm(gathered))
+            del gathered
             return out.scatter_(1, index, attended.to(out.dtype))
         for i in range(y.shape[0]):  # K differs per image: one call each, no padding
             index = keep[i].nonzero()[:, 0]
             if index.numel():
-                out[i, index] = self._attention(y[i : i + 1, index])[0].to(out.dtype)
+                gathered = y[i : i + 1, index]
+                out[i, index] = self._attention(gathered if norm is None else norm(gathered))[0].to(out.dtype)
         return out
+
+    def refine(self, x: Tensor) -> Tensor:
+        """The LTRM output for (B, H, W, C) ``x``; at inference the conv LTRM runs in row
+        bands (:func:`refine_in_bands`), so its 2C-wide layers exist for one band at a time."""
+        if self.training or torch.is_grad_enabled() or not isinstance(self.ltrm, ConvTokenRefiner):
+            return self.ltrm(x)
+        b, h, w, c = x.shape
+        rows = max(1, -(-2 * self.band_tokens() // (b * w)))
+        return refine_in_bands(self.ltrm, x, rows)
 
     def mix_tokens(self, x: Tensor) -> tuple[Tensor, RoutingInfo]:
         """x: (B, H, W, C) → (mixed (B, H, W, C), routing decisions)."""
@@ -338,17 +355,57 @@ class RoutedBlock(Block):
         tokens = x.reshape(b, h * w, c)
         log_probs = self.router(tokens)
         decision = self.decide(log_probs)
-        refined = self.ltrm(x).reshape(b, h * w, c)
-        y = self.norm1(tokens)
         if self.training:
-            mixed = self.attend_dense(y, decision, refined)
-        else:
-            mixed = self.attend_gathered(y, decision, refined)
+            refined = self.ltrm(x).reshape(b, h * w, c)
+            mixed = self.attend_dense(self.norm1(tokens), decision, refined)
+        else:  # the LayerNorm only on the routed tokens
+            refined = self.refine(x).reshape(b, h * w, c)
+            mixed = self.attend_gathered(tokens, decision, refined, norm=self.norm1)
         return mixed.view(b, h, w, c), RoutingInfo(decision=decision, log_probs=log_probs, grid=(h, w))
+
+
+def refine_in_bands(ltrm: ConvTokenRefiner, x: Tensor, band_rows: int) -> Tensor:
+    """Inference: ``ltrm(x)`` for (B, H, W, C) ``x``, computed in bands of ``band_rows`` rows.
+
+    fc1, GELU, fc2 and the gate are per token and the depthwise conv reads ``k // 2`` rows on
+    each side, so each band reads that many context rows and keeps its own rows; the ECA gate
+    averages the whole fc2 output, so it is applied once that exists (in place). The same
+    layers on the same values as :meth:`ConvTokenRefiner.forward`.
+    """
+    b, h, w, _ = x.shape
+    halo = ltrm.dwconv.padding[0] if ltrm.dwconv is not None else 0
+    out: Tensor | None = None
+    for r0 in range(0, h, band_rows):
+        r1 = min(r0 + band_rows, h)
+        lo, hi = max(0, r0 - halo), min(h, r1 + halo)
+        t = act_(ltrm.act1, ltrm.fc1(x[:, lo:hi]))
+        if ltrm.dwconv is not None:
+            t = ltrm.dwconv(t.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)[:, r0 - lo : r1 - lo]
+            t = ltrm.act2(t)
+        t = ltrm.fc2(t)
+        if out is None:
+            out = t.new_empty((b, h, w, t.shape[-1]))
+        out[:, r0:r1] = t
+        del t
+    assert out is not None
+    if ltrm.eca is not None:
+        eca = ltrm.eca
+        pooled = out.mean(dim=(1, 2))  # (B, C)
+        gate = torch.sigmoid(eca.conv(pooled.unsqueeze(1))).squeeze(1)[:, None, None, :]
+        for r0 in range(0, h, band_rows):
+            part = out[:, r0 : r0 + band_rows]
+            gated = part * gate
+            if eca.shortcut:
+                part.add_(gated)
+            else:
+                part.copy_(gated)
+            del gated
+    return out
 
 
 __all__ = [
     "MASKED_SOFTMAXES",
+    "refine_in_bands",
     "POLICY_EPS",
     "policy_matrix",
     "INFERENCE_RULES",

@@ -77,12 +77,37 @@ class ResBottleneck(nn.Module):
         nn.init.zeros_(self.norm3.weight)
         nn.init.zeros_(self.norm3.bias)
 
-    def forward(self, x: Tensor) -> Tensor:
-        """x: (B, C, H, W) → (B, C, H, W)."""
+    def branch(self, x: Tensor) -> Tensor:
+        """The residual branch alone: (B, C, H, W) → (B, C, H, W)."""
         out = self.act1(self.norm1(self.conv1(x)))
         out = self.act2(self.norm2(self.conv2(out)))
-        out = self.norm3(self.conv3(out))
-        return x + out
+        return self.norm3(self.conv3(out))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x: (B, C, H, W) → (B, C, H, W)."""
+        return x + self.branch(x)
+
+    def add_into(self, x: Tensor, band_rows: int) -> Tensor:
+        """Inference: ``x + branch(x)`` for a contiguous (B, H, W, C) grid, written into ``x``.
+
+        The branch runs on bands of ``band_rows`` rows plus one row of context on each side
+        (the 3×3 conv's reach; every other layer is per pixel), so its C/2-wide layers exist
+        for one band at a time. A band's update is added only after the next band has been
+        computed, since that band reads the last row of this one as context. Returns ``x``
+        (a promoted copy when the update's dtype is wider, as ``x + update`` would be).
+        """
+        h = x.shape[1]
+        pending: tuple[int, int, Tensor] | None = None
+        for r0 in range(0, h, band_rows):
+            r1 = min(r0 + band_rows, h)
+            lo, hi = max(0, r0 - 1), min(h, r1 + 1)
+            update = self.branch(x[:, lo:hi].permute(0, 3, 1, 2)).permute(0, 2, 3, 1)[:, r0 - lo : r1 - lo]
+            if pending is not None:
+                x = add_rows_(x, *pending)
+            pending = (r0, r1, update)
+            del update
+        assert pending is not None
+        return add_rows_(x, *pending)
 
 
 @dataclass
@@ -183,8 +208,11 @@ class Block(nn.Module):
         """x: (B, H, W, C) → ((B, H, W, C), routing info or None).
 
         ``inplace`` (inference, when the caller no longer needs ``x``, as :meth:`ViT.forward`):
-        the residual adds write into ``x`` instead of allocating two more token maps.
+        the block updates ``x`` where it is (:meth:`forward_lean`) instead of allocating
+        token maps for the branches.
         """
+        if inplace and not torch.is_grad_enabled() and not self.training and x.is_contiguous():
+            return self.forward_lean(x)
         mixed, routing = self.mix_tokens(x)
         x = _residual_add(x, self.drop_path(mixed), inplace)
         del mixed
@@ -192,6 +220,79 @@ class Block(nn.Module):
         if self.residual is not None:
             x = self.residual(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
         return x, routing
+
+
+    # ------------------------------------------------------------------ lean inference
+    def band_tokens(self) -> int:
+        """Tokens per band of the in-place inference branches (window rows, MLP chunks, conv
+        residual rows): ``window_chunk_tokens`` (4096 by default; None = everything at once)."""
+        chunk = self.window_chunk_tokens if self.window_chunk_tokens is not None else self.mlp.chunk_tokens
+        return chunk if chunk is not None else 1 << 62
+
+    def forward_lean(self, x: Tensor) -> tuple[Tensor, RoutingInfo | None]:
+        """Inference on a contiguous (B, H, W, C) grid that the caller no longer needs.
+
+        The same values as :meth:`forward` (the same layers on the same tokens), but every
+        branch adds its output into ``x`` band by band: window attention for bands of window
+        rows (windows do not overlap and LayerNorm is per token, so a band's update never
+        changes what another band reads), the MLP for chunks of tokens, the conv residual in
+        row bands with one row of context (:meth:`ResBottleneck.add_into`). Besides ``x``
+        only one band's tensors exist at a time (global attention and routed blocks mix the
+        whole grid first). Returns the updated grid (``x``, or a promoted copy under autocast).
+        """
+        x, routing = self.mix_into(x)
+        x = self.mlp_into(x)
+        if self.residual is not None:
+            b, h, w, c = x.shape
+            rows = max(1, -(-self.band_tokens() // (b * w)))
+            x = self.residual.add_into(x, rows)
+        return x, routing
+
+    def mix_into(self, x: Tensor) -> tuple[Tensor, RoutingInfo | None]:
+        """``x + mix_tokens(x)`` written into ``x`` (window attention: band by band)."""
+        if self.window_size <= 0:
+            mixed, routing = self.mix_tokens(x)
+            return add_rows_(x, 0, x.shape[1], mixed), routing
+        b, h, w, c = x.shape
+        s = self.window_size
+        per_row = b * -(-w // s)  # windows in one row of windows
+        group = self.window_group(per_row * -(-h // s))
+        rows = s * max(1, group // per_row)  # grid rows per band: whole rows of windows
+        for r0 in range(0, h, rows):
+            r1 = min(r0 + rows, h)
+            windows, padded = window_partition(self.norm1(x[:, r0:r1]), s)
+            for start in range(0, windows.shape[0], group):
+                windows[start : start + group] = self.attn(windows[start : start + group])
+            x = add_rows_(x, r0, r1, window_unpartition(windows, s, padded, (r1 - r0, w)))
+            del windows
+        return x, None
+
+    def mlp_into(self, x: Tensor) -> Tensor:
+        """``x + mlp(norm2(x))`` written into ``x``, ``mlp.chunk_tokens`` tokens at a time."""
+        b, h, w, c = x.shape
+        flat = x.view(-1, c)
+        chunk = self.mlp.chunk_tokens or flat.shape[0]
+        for start in range(0, flat.shape[0], chunk):
+            part = flat[start : start + chunk]
+            update = self.mlp(self.norm2(part))
+            if torch.promote_types(x.dtype, update.dtype) != x.dtype:  # autocast: widen once
+                x = x.to(torch.promote_types(x.dtype, update.dtype))
+                flat = x.view(-1, c)
+                part = flat[start : start + chunk]
+            part.add_(update)
+            del update
+        return x
+
+
+def add_rows_(x: Tensor, r0: int, r1: int, update: Tensor) -> Tensor:
+    """``x[:, r0:r1] += update`` in place; returns ``x``. Where ``update`` has a wider dtype
+    (autocast), ``x`` is first converted to it (a copy), so the values are those of
+    ``x + update`` either way."""
+    wider = torch.promote_types(x.dtype, update.dtype)
+    if wider != x.dtype:
+        x = x.to(wider)
+    x[:, r0:r1].add_(update)
+    return x
 
 
 def _residual_add(x: Tensor, update: Tensor, inplace: bool) -> Tensor:
@@ -326,10 +427,38 @@ class ViT(nn.Module):
             )
         return pos.reshape(1, h, w, -1)
 
+    def embed(self, x: Tensor) -> Tensor:
+        """Patch embedding (B, in_chans, H, W) → (B, H/p, W/p, C). An input with a ``crop``
+        method (:class:`~mematte.models.matting_net.LazyInput`) is embedded in strips of
+        patch rows, each cropped on demand (patches do not overlap: the same values)."""
+        if not hasattr(x, "crop"):
+            return self.patch_embed(x)
+        p = self.patch_size
+        b, _, hp, wp = x.shape
+        h, w = hp // p, wp // p
+        chunk = self.blocks[0].band_tokens() if len(self.blocks) else h * w
+        rows = max(1, chunk // max(1, b * w))
+        tokens: Tensor | None = None
+        for r0 in range(0, h, rows):
+            r1 = min(r0 + rows, h)
+            part = self.patch_embed(x.crop(r0 * p, r1 * p, 0, wp))
+            if tokens is None:
+                tokens = part.new_empty((b, h, w, part.shape[-1]))
+            tokens[:, r0:r1] = part
+            del part
+        assert tokens is not None
+        return tokens
+
     def forward(self, x: Tensor) -> BackboneOutput:
-        """x: (B, in_chans, H, W), H and W multiples of the patch size → features (B, C, H/16, W/16)."""
-        x = self.patch_embed(x)  # (B, h, w, C)
-        x = x + self.abs_pos(x.shape[1:3]).to(x.dtype)
+        """x: (B, in_chans, H, W), H and W multiples of the patch size → features (B, C, H/16, W/16).
+
+        ``x`` may be a :class:`~mematte.models.matting_net.LazyInput` (inference)."""
+        x = self.embed(x)  # (B, h, w, C)
+        pos = self.abs_pos(x.shape[1:3]).to(x.dtype)
+        if torch.is_grad_enabled():
+            x = x + pos
+        else:  # a contiguous grid, which the blocks then update in place (Block.forward_lean)
+            x = torch.add(x, pos, out=x.new_empty(x.shape, dtype=torch.promote_types(x.dtype, pos.dtype)))
         routing: list[RoutingInfo] = []
         inplace = not torch.is_grad_enabled()  # each block's input is dead once it returns
         for blk in self.blocks:
@@ -356,6 +485,7 @@ __all__ = [
     "PatchEmbed",
     "ResBottleneck",
     "RoutingInfo",
+    "add_rows_",
     "ViT",
     "window_partition",
     "window_unpartition",

@@ -1,0 +1,64 @@
+"""Lean inference of the backbone is exact: the in-place, banded paths taken without autograd
+(``Block.forward_lean``: window attention in bands of window rows, the MLP in token chunks
+with GELU in place, the conv residual in row bands; ``refine_in_bands`` for the conv LTRM;
+the LayerNorm on the routed tokens only; the patch embedding of a ``LazyInput`` in strips)
+give what the plain layer-by-layer pass gives with autograd on."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+
+from mematte.models.decoder import DetailCapture
+from mematte.models.ltrm import ConvTokenRefiner
+from mematte.models.matting_net import MattingNet
+from mematte.models.router import LocalGlobalRouter
+from mematte.models.routed_block import RoutedBlock
+from mematte.models.vit import ViT
+
+
+def backbone(routed: bool, chunk_tokens: int | None) -> ViT:
+    torch.manual_seed(0)
+    block = (functools.partial(RoutedBlock, router=LocalGlobalRouter, ltrm=ConvTokenRefiner,
+                               selection="topk", keep_ratio=0.3) if routed else None)
+    vit = ViT(embed_dim=48, depth=4, num_heads=3, window_size=4, global_block_indexes=(1, 3),
+              residual_block_indexes=(0, 1, 3), rel_pos_grid=8, global_block=block, chunk_tokens=chunk_tokens)
+    for name, p in vit.named_parameters():  # the residual blocks start as identity: make them act
+        if "residual" in name and "norm3" in name:
+            torch.nn.init.normal_(p)
+    return vit.eval()
+
+
+@pytest.mark.parametrize("routed", [False, True])
+@pytest.mark.parametrize("chunk_tokens", [None, 40, 7])  # everything at once; bands; one row at a time
+@pytest.mark.parametrize("size", [(64, 64), (80, 144), (112, 48)])  # grids 4×4, 5×9 (padded windows), 7×3
+def test_lean_backbone_equals_the_plain_pass(routed, chunk_tokens, size):
+    vit = backbone(routed, chunk_tokens)
+    x = torch.randn(2, 4, *size)
+    with torch.enable_grad():  # the plain path: every layer once, out of place
+        plain = vit(x)
+    with torch.inference_mode():
+        lean = vit(x.clone())
+    torch.testing.assert_close(lean.features, plain.features.detach(), rtol=1e-5, atol=1e-5)
+    for a, b in zip(lean.routing, plain.routing):
+        assert torch.equal(a.decision, b.decision)
+
+
+@pytest.mark.parametrize("routed", [False, True])
+def test_lazy_input_crops_are_slices_of_the_full_input(routed):
+    torch.manual_seed(0)
+    net = MattingNet(backbone(routed, 40), DetailCapture(in_chans=48, convstream_out=(8, 16, 24),
+                                                        fusion_out=(32, 16, 8, 8))).eval()
+    image = torch.randint(0, 256, (1, 3, 70, 90), dtype=torch.uint8)
+    trimap = torch.randint(0, 3, (1, 1, 70, 90)).float() / 2
+    full = net.prepare_inputs(image.float() / 255, trimap)
+    lazy = net.lazy_inputs(image, trimap)
+    assert tuple(lazy.shape) == tuple(full.shape)
+    for y0, y1, x0, x1 in [(0, 16, 0, 96), (48, 80, 32, 96), (64, 80, 80, 96), (0, 80, 0, 96)]:
+        torch.testing.assert_close(lazy.crop(y0, y1, x0, x1), full[:, :, y0:y1, x0:x1], rtol=0, atol=0)
+    with torch.inference_mode():  # strips of the lazy input embed as the whole input does
+        torch.testing.assert_close(net.backbone(lazy).features, net.backbone(full).features, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="differ in size"):
+        net.lazy_inputs(image, trimap[..., :80])
