@@ -71,7 +71,7 @@ class PointSpec:
     device: str = "cpu"
     precision: str = "fp32"
     tile: int | None = 512
-    context: int = 64
+    context: int = 32
     repeats: int = 3
     warmup: int = 1
     max_seconds: float = 120.0

@@ -5,7 +5,7 @@ fusion output and its BatchNorm copy, each with 32–64+ channels) reach several
 :func:`decode_tiled` evaluates the decoder on overlapping windows instead, so the peak memory is
 bounded by the window size, and the result is exactly the untiled one (to fp32 rounding) as
 long as the context covers the decoder's receptive-field radius (:func:`decoder_context_radius`,
-31 px for the standard 4-level decoder; the 64 px default is twice that).
+31 px for the standard 4-level decoder; the 32 px default is that rounded up to the stride).
 
 Why the radius is finite and small (standard decoder, features at 1/16, count in pixels of each
 level, "E" = how many pixels next to a window border differ from the untiled computation):
@@ -108,7 +108,7 @@ def decode_tiled(
     features: Tensor,
     images: Tensor | LazyInput,
     tile: int = 512,
-    context: int = 64,
+    context: int = 32,
 ) -> Tensor:
     """Evaluate ``decoder(features, images)`` tile by tile with overlapping context.
 
@@ -122,7 +122,7 @@ def decode_tiled(
     bilinear ×2 with ``align_corners=False`` and zero-padded convs at window borders spread a
     border error 1 → 2 → 5 → 6 → 13 → 14 → 29 → 30 → 31 px). Any ``context`` ≥ 32 (the next
     multiple of 16) gives the untiled result up to fp32 rounding (measured: context=32 exact,
-    context=16 not); the default 64 px has a 2× margin. BatchNorm must be in eval mode
+    context=16 not), so the default is 32 px. BatchNorm must be in eval mode
     (running statistics): in training mode it would normalise with per-tile statistics.
 
     Memory: at any time only one window's activations are alive (estimate with
@@ -375,7 +375,7 @@ def estimate_peak_bytes(
     *,
     batch: int = 1,
     tile: int | None = 512,
-    context: int = 64,
+    context: int = 32,
     dtype_bytes: int = 4,
 ) -> dict[str, int]:
     """Estimated peak memory of :class:`Predictor` on an image, before running it.
@@ -448,7 +448,7 @@ def auto_tile(
     width: int,
     *,
     batch: int = 1,
-    context: int = 64,
+    context: int = 32,
     dtype_bytes: int = 4,
     budget_bytes: int | None = None,
 ) -> int:
@@ -518,7 +518,7 @@ class Predictor:
         device: str | torch.device = "cpu",
         precision: Precision = "auto",
         tile: int | Literal["auto"] | None = 512,
-        context: int = 64,
+        context: int = 32,
         memory_budget_gb: float | None = None,
         max_tokens: int | None = None,
         routed_inference: str | None = None,
@@ -530,6 +530,11 @@ class Predictor:
         if tile is not None and tile != "auto":
             _check_multiple("tile", tile, stride)
         _check_multiple("context", context, stride, allow_zero=True)
+        radius = decoder_context_radius(net.decoder)
+        if 0 < context <= radius:
+            log.warning("context=%d px does not cover the decoder's %d px receptive-field radius: tiles "
+                        "differ from the untiled result near their borders (use context=%d)",
+                        context, radius, stride * (radius // stride + 1))
         self.device = torch.device(device)
         self.net = net.eval().to(self.device)
         self.rules = inference_rules(preset, bool(self.net.is_routed))

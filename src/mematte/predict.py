@@ -90,7 +90,7 @@ class PredictOptions:
     device: str = "cpu"
     precision: str = "auto"
     tile: int = 512
-    context: int = 64
+    context: int = 32
     memory_budget_gb: float | None = None
     max_tokens: int | None = None
     routed_inference: str | None = None
@@ -416,9 +416,10 @@ def estimate_foreground(
 def load_net(ckpt_path: str | Path, trust: bool = False) -> nn.Module:
     """The net of a mematte checkpoint, an official ViTMatte/MEMatte file or a Hugging Face
     VitMatte folder or hub id (:func:`mematte.checkpoints.net_from_any`); errors name the file.
-    ``trust``: unpickle the file fully (``trust_checkpoint=true``)."""
+    ``trust``: unpickle the file fully (``trust_checkpoint=true``). The net is built without
+    the random initialisation its weights replace (``fast_build``: a faster start)."""
     try:
-        return net_from_any(ckpt_path, trust=trust)
+        return net_from_any(ckpt_path, trust=trust, fast_build=True)
     except RuntimeError as err:  # unreadable checkpoint: report it like a bad path
         raise ValueError(str(err)) from err
 
