@@ -70,36 +70,3 @@ def test_local_layers_match_timm():
     kept = drop(torch.ones(1000, 3))
     assert set(kept.unique().tolist()) <= {0.0, 2.0} and 300 < int((kept[:, 0] > 0).sum()) < 700
 
-
-@pytest.mark.parametrize("routed", [False, True])
-def test_fast_build_is_the_same_net_without_drawing_random_numbers(tmp_path, routed):
-    """``predict.py`` builds its net on the meta device and takes the file's tensors
-    (``net_from_any(fast_build=True)``): the same alpha as a normal build and load, no draw from
-    the global RNG, no tensor left on the meta device; a file lacking a tensor of the net (pixel
-    statistics) falls back to the normal build."""
-    from mematte.checkpoints import net_from_any
-    from mematte.checkpoints.native import save_net_checkpoint
-    from mematte.checkpoints.netconfig import build_net
-    from test_predict_cli import net_config
-
-    cfg = net_config(routed)
-    torch.manual_seed(0)
-    save_net_checkpoint(build_net(cfg), cfg, tmp_path / "net.ckpt")
-    normal = net_from_any(tmp_path / "net.ckpt").eval()
-    rng = torch.random.get_rng_state()
-    fast = net_from_any(tmp_path / "net.ckpt", fast_build=True).eval()
-    assert torch.equal(rng, torch.random.get_rng_state()), "the fast build drew from the global RNG"
-    tensors = [*fast.parameters(), *fast.buffers()]
-    assert tensors and not any(t.is_meta for t in tensors)
-    image, trimap = torch.rand(1, 3, 64, 80), torch.randint(0, 3, (1, 1, 64, 80)).float() / 2
-    with torch.no_grad():
-        torch.testing.assert_close(fast(image, trimap).alpha, normal(image, trimap).alpha, rtol=0, atol=0)
-
-    ckpt = torch.load(tmp_path / "net.ckpt", weights_only=False)
-    ckpt["state_dict"] = {k: v for k, v in ckpt["state_dict"].items() if not k.endswith("pixel_mean")}
-    torch.save(ckpt, tmp_path / "no_mean.ckpt")
-    rng = torch.random.get_rng_state()
-    fallback = net_from_any(tmp_path / "no_mean.ckpt", fast_build=True)
-    assert not torch.equal(rng, torch.random.get_rng_state()), "expected the normal build"
-    assert not any(t.is_meta for t in (*fallback.parameters(), *fallback.buffers()))
-    torch.testing.assert_close(fallback.pixel_mean, normal.pixel_mean)

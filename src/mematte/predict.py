@@ -416,10 +416,9 @@ def estimate_foreground(
 def load_net(ckpt_path: str | Path, trust: bool = False) -> nn.Module:
     """The net of a mematte checkpoint, an official ViTMatte/MEMatte file or a Hugging Face
     VitMatte folder or hub id (:func:`mematte.checkpoints.net_from_any`); errors name the file.
-    ``trust``: unpickle the file fully (``trust_checkpoint=true``). The net is built without
-    the random initialisation its weights replace (``fast_build``: a faster start)."""
+    ``trust``: unpickle the file fully (``trust_checkpoint=true``)."""
     try:
-        return net_from_any(ckpt_path, trust=trust, fast_build=True)
+        return net_from_any(ckpt_path, trust=trust)
     except RuntimeError as err:  # unreadable checkpoint: report it like a bad path
         raise ValueError(str(err)) from err
 

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig
-import torch
 from torch import nn
 
 from mematte.checkpoints.backbone import adapt_backbone_state, read_backbone_weights
@@ -123,9 +122,7 @@ def _hints(missing: list[str], unexpected: list[str], mismatched: list[str]) -> 
     return [f"  ({h})" for h in hints]
 
 
-def apply_weights(
-    net: nn.Module, weights: NetWeights, *, partial: bool = False, assign: bool = False
-) -> dict[str, list[str]]:
+def apply_weights(net: nn.Module, weights: NetWeights, *, partial: bool = False) -> dict[str, list[str]]:
     """Load converted weights into ``net``, checking every key first.
 
     Args:
@@ -136,8 +133,6 @@ def apply_weights(
             dropped; backbone-only weights leave everything they do not hold fresh. Without
             ``partial`` every key must match (pixel statistics and BN step counters may be
             missing: the net's own are kept).
-        assign: the net's tensors become the file's (``load_state_dict(assign=True)``), as a
-            net built on the meta device needs (:func:`net_from_weights` ``fast_build``).
 
     Returns:
         ``{"loaded": [...], "fresh": [...], "dropped": [...]}`` key lists.
@@ -180,7 +175,7 @@ def apply_weights(
                 lines.append(_listing(title, keys))
         lines.extend(_hints(missing, unexpected, mismatched))
         raise WeightsMismatchError("\n".join(lines))
-    net.load_state_dict(loaded, strict=False, assign=assign)
+    net.load_state_dict(loaded, strict=False)
     return {
         "loaded": list(loaded),
         "fresh": [k for k in own if k not in state],
@@ -221,52 +216,28 @@ def load_net_weights(
 
 
 def net_from_any(
-    path: str | Path,
-    model_cfg: DictConfig | Mapping[str, Any] | None = None,
-    *,
-    trust: bool = False,
-    fast_build: bool = False,
+    path: str | Path, model_cfg: DictConfig | Mapping[str, Any] | None = None, *, trust: bool = False
 ) -> nn.Module:
     """A ready net from any full-net file, folder or hub id (``eval.py`` / ``predict.py``
     ``ckpt_path=``).
 
     Mematte checkpoints rebuild from their stored config, HF folders from ``config.json``,
     official files from ``model_cfg`` or, without one, from their shapes. ``trust``: see
-    :func:`read_weights`; ``fast_build``: see :func:`net_from_weights`.
+    :func:`read_weights`.
     """
-    return net_from_weights(read_weights(path, trust=trust), model_cfg, fast_build=fast_build)
+    return net_from_weights(read_weights(path, trust=trust), model_cfg)
 
 
 def net_from_weights(
-    weights: NetWeights,
-    model_cfg: DictConfig | Mapping[str, Any] | None = None,
-    *,
-    fast_build: bool = False,
+    weights: NetWeights, model_cfg: DictConfig | Mapping[str, Any] | None = None
 ) -> nn.Module:
-    """Build the net :class:`NetWeights` describe and load them (see :func:`net_from_any`).
-
-    ``fast_build``: build the net on the meta device and give it the file's tensors
-    (``assign``), skipping the random initialisation the weights overwrite anyway (about a
-    second of a cold ``predict.py`` for MEMatte-S) and leaving the global RNG alone. Where the
-    file does not hold every tensor of the net in the net's dtype (pixel statistics or BN
-    counters it lacks, fp16 weights), the net is built and loaded the usual way. Off by
-    default: a seeded run that builds nets (``eval.py``, a teacher) keeps drawing what it drew.
-    """
+    """Build the net :class:`NetWeights` describe and load them (see :func:`net_from_any`)."""
     if not weights.full:
         raise WeightsMismatchError(
             f"{weights.source} ({weights.description}) holds no decoder: it can only initialise a net "
             "(init_from=PATH when training), not be evaluated"
         )
-    config = resolve_net_config(weights, model_cfg)
-    if fast_build:
-        with torch.device("meta"):
-            net = build_net(config)
-        own = net.state_dict()
-        if all(k in weights.state and weights.state[k].dtype == v.dtype for k, v in own.items()):
-            apply_weights(net, weights, partial=False, assign=True)
-            if not any(t.is_meta for t in (*net.parameters(), *net.buffers())):
-                return net
-    net = build_net(config)
+    net = build_net(resolve_net_config(weights, model_cfg))
     apply_weights(net, weights, partial=False)
     return net
 
