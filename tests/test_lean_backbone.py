@@ -1,6 +1,6 @@
 """Lean inference of the backbone is exact: the in-place, banded paths taken without autograd
 (``Block.forward_lean``: window attention in bands of window rows, the MLP in token chunks
-with GELU in place, the conv residual in row bands; ``refine_in_bands`` for the conv LTRM;
+with GELU in place, the conv residual in row bands; ``ConvTokenRefiner.forward_in_bands``;
 the LayerNorm on the routed tokens only; the patch embedding of a ``LazyInput`` in strips)
 give what the plain layer-by-layer pass gives with autograd on."""
 
@@ -53,7 +53,10 @@ def test_lazy_input_crops_are_slices_of_the_full_input(routed):
                                                         fusion_out=(32, 16, 8, 8))).eval()
     image = torch.randint(0, 256, (1, 3, 70, 90), dtype=torch.uint8)
     trimap = torch.randint(0, 3, (1, 1, 70, 90)).float() / 2
-    full = net.prepare_inputs(image.float() / 255, trimap)
+    # the network input by its definition: normalised RGB, the trimap, zeros to 96×96
+    rgb = (image.float() / 255 - net.pixel_mean) / net.pixel_std
+    full = torch.nn.functional.pad(torch.cat([rgb, trimap], dim=1), (0, 6, 0, 26))
+    torch.testing.assert_close(net.prepare_inputs(image.float() / 255, trimap), full, rtol=0, atol=0)
     lazy = net.lazy_inputs(image, trimap)
     assert tuple(lazy.shape) == tuple(full.shape)
     for y0, y1, x0, x1 in [(0, 16, 0, 96), (48, 80, 32, 96), (64, 80, 80, 96), (0, 80, 0, 96)]:

@@ -496,11 +496,10 @@ def restore_csv_history(logger: Any, before_step: int, pending_rows: Sequence[Ma
     if not rows and not missing:
         return 0
     if missing:
-        header = [*header, *(k for r in missing for k in r if k not in header)]
         rows = sorted([*rows, *missing], key=lambda r: float(r["step"]))  # stable: order within a step kept
     writer = logger.experiment  # created now, with no old file left for it to delete
     # Future saves add their new keys to these and rewrite the file with the union header.
-    writer.metrics_keys = sorted(set(getattr(writer, "metrics_keys", [])) | set(header))
+    writer.metrics_keys = sorted({*getattr(writer, "metrics_keys", []), *header, *(k for r in missing for k in r)})
     with atomic_path(current) as tmp, tmp.open("w", newline="") as f:
         out = csv.DictWriter(f, fieldnames=writer.metrics_keys)
         out.writeheader()
@@ -783,7 +782,8 @@ class Preemption(Callback):
 
     def on_train_batch_end(self, trainer: Trainer, *args: Any) -> None:
         # Runs before the ModelCheckpoints' hook (Lightning calls those last): a last.ckpt saved
-        # now closes this step, whose log rows Lightning writes only after the save.
+        # now closes this step, whose log rows Lightning writes only after the save. Only the
+        # references are kept here; the values are read when a checkpoint is saved.
         self._pending_rows = _step_log_rows(trainer) if self.flush_loggers and trainer.is_global_zero else []
         if self.received is not None:
             _request_lightning_stop(trainer)
@@ -794,7 +794,9 @@ class Preemption(Callback):
         # ends it): the checkpoint carries them, and a resume adds the ones the CSV lacks
         # (restore_csv_history).
         if self._pending_rows:
-            checkpoint[PENDING_LOG_ROWS] = [dict(row) for row in self._pending_rows]
+            from lightning.fabric.utilities.apply_func import convert_tensors_to_scalars
+
+            checkpoint[PENDING_LOG_ROWS] = [convert_tensors_to_scalars(row) for row in self._pending_rows]
 
     def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self.flush_loggers and trainer.state.fn == "fit":
@@ -861,7 +863,8 @@ def _request_lightning_stop(trainer: Trainer) -> None:
 
 def _step_log_rows(trainer: Trainer) -> list[dict[str, Any]]:
     """The row Lightning's loggers get at the end of the current training step, as the CSV
-    writer stores it (``step`` plus the logged scalars); [] if this step logs nothing.
+    writer stores it (``step`` plus the logged values, still tensors: converting them waits
+    for a checkpoint, as on a GPU it synchronises); [] if this step logs nothing.
 
     Mirrors ``_LoggerConnector.update_train_step_metrics`` / ``log_metrics`` (Lightning has no
     public hook between its checkpoint save and its logging of the step)."""
@@ -872,9 +875,7 @@ def _step_log_rows(trainer: Trainer) -> list[dict[str, Any]]:
         return []
     if not (connector.should_update_logs or trainer.fast_dev_run):
         return []
-    from lightning.fabric.utilities.apply_func import convert_tensors_to_scalars
-
-    metrics = dict(convert_tensors_to_scalars(connector.metrics["log"]))
+    metrics = dict(connector.metrics["log"])
     if not metrics:
         return []
     step = metrics.pop("step", None)

@@ -13,6 +13,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from mematte.models.layers import act_
+
 
 class TokenRefiner(nn.Module):
     """Base class: ``forward(x (B, H, W, C)) -> (B, H, W, C)``."""
@@ -36,12 +38,29 @@ class EfficientChannelAttention(nn.Module):
         self.conv = nn.Conv1d(1, 1, kernel_size, padding=kernel_size // 2, bias=False)
         self.shortcut = shortcut
 
+    def gate(self, t: Tensor) -> Tensor:
+        """Channel weights of t (B, H, W, C): (B, C)."""
+        pooled = t.mean(dim=(1, 2))  # (B, C)
+        return torch.sigmoid(self.conv(pooled.unsqueeze(1))).squeeze(1)
+
     def forward(self, t: Tensor) -> Tensor:
         """t: (B, H, W, C) → (B, H, W, C)."""
-        pooled = t.mean(dim=(1, 2))  # (B, C)
-        gate = torch.sigmoid(self.conv(pooled.unsqueeze(1))).squeeze(1)  # (B, C)
-        gated = t * gate[:, None, None, :]
+        gated = t * self.gate(t)[:, None, None, :]
         return t + gated if self.shortcut else gated
+
+    def apply_in_bands_(self, t: Tensor, band_rows: int) -> Tensor:
+        """Inference: :meth:`forward` written into ``t``, ``band_rows`` rows at a time (one
+        band's product exists at a time; the same values). Returns ``t``."""
+        gate = self.gate(t)[:, None, None, :]
+        for r0 in range(0, t.shape[1], band_rows):
+            part = t[:, r0 : r0 + band_rows]
+            gated = part * gate
+            if self.shortcut:
+                part.add_(gated)
+            else:
+                part.copy_(gated)
+            del gated
+        return t
 
 
 class ConvTokenRefiner(TokenRefiner):
@@ -82,11 +101,40 @@ class ConvTokenRefiner(TokenRefiner):
 
     def forward(self, x: Tensor) -> Tensor:
         """x: (B, H, W, C) → (B, H, W, C)."""
-        t = self.act1(self.fc1(x))
-        if self.dwconv is not None:
-            t = self.act2(self.dwconv(t.permute(0, 3, 1, 2)).permute(0, 2, 3, 1))
-        t = self.fc2(t)
+        t = self.ungated(x)
         return self.eca(t) if self.eca is not None else t
+
+    def ungated(self, x: Tensor, rows: slice = slice(None)) -> Tensor:
+        """fc1 → GELU → depthwise conv → GELU → fc2 for (B, H, W, C) ``x``, before the gate;
+        ``rows``: the output rows to keep (the others only feed the conv). Without autograd
+        the GELUs run in place."""
+        t = act_(self.act1, self.fc1(x))
+        if self.dwconv is not None:
+            t = self.dwconv(t.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        return self.fc2(act_(self.act2, t[:, rows]) if self.dwconv is not None else t[:, rows])
+
+    def forward_in_bands(self, x: Tensor, band_rows: int) -> Tensor:
+        """Inference: :meth:`forward` in bands of ``band_rows`` rows, so the 2C-wide layers
+        exist for one band at a time.
+
+        fc1, the GELUs, fc2 and the gate's product are per token and the depthwise conv reads
+        ``kernel_size // 2`` rows on each side, so each band reads that many context rows and
+        keeps its own; the gate averages the whole fc2 output, so it is applied once that
+        exists. The same layers on the same values as :meth:`forward`.
+        """
+        b, h, w, _ = x.shape
+        halo = self.dwconv.padding[0] if self.dwconv is not None else 0
+        out: Tensor | None = None
+        for r0 in range(0, h, band_rows):
+            r1 = min(r0 + band_rows, h)
+            lo, hi = max(0, r0 - halo), min(h, r1 + halo)
+            t = self.ungated(x[:, lo:hi], slice(r0 - lo, r1 - lo))
+            if out is None:
+                out = t.new_empty((b, h, w, t.shape[-1]))
+            out[:, r0:r1] = t
+            del t
+        assert out is not None
+        return self.eca.apply_in_bands_(out, band_rows) if self.eca is not None else out
 
 
 class MLPTokenRefiner(TokenRefiner):

@@ -149,18 +149,13 @@ class MattingNet(nn.Module):
         Returns:
             (B, 4, Hp, Wp) network input.
         """
-        if image.shape[-2:] != trimap.shape[-2:]:
-            raise ValueError(
-                f"image {tuple(image.shape[-2:])} and trimap {tuple(trimap.shape[-2:])} differ in size"
-            )
-        x = torch.cat([(image - self.pixel_mean) / self.pixel_std, trimap.to(image.dtype)], dim=1)
-        return pad_to_multiple(x, self.size_divisor, padding)
+        return self.lazy_inputs(image, trimap, padding).materialize()
 
     def lazy_inputs(self, image: Tensor, trimap: Tensor, padding: str = "aligned") -> LazyInput:
         """The network input of :meth:`prepare_inputs`, computed window by window on demand
         (:class:`LazyInput`): at inference nothing full-resolution besides the given image
         and trimap needs to exist (the backbone embeds it in strips, the decoder reads its
-        windows)."""
+        windows). ``image`` may also be uint8 (divided by 255 per window)."""
         if image.shape[-2:] != trimap.shape[-2:]:
             raise ValueError(
                 f"image {tuple(image.shape[-2:])} and trimap {tuple(trimap.shape[-2:])} differ in size"
@@ -181,8 +176,9 @@ class MattingNet(nn.Module):
 
 class LazyInput:
     """The (B, 4, Hp, Wp) network input (normalised RGB, trimap, zero padding) without
-    materialising it: :meth:`crop` computes one window, with the same elementwise operations
-    as :meth:`MattingNet.prepare_inputs`, so a crop equals the same slice of the full input.
+    materialising it: :meth:`crop` computes one window with elementwise operations only, so a
+    crop equals the same slice of the full input (:meth:`materialize`, which is what
+    :meth:`MattingNet.prepare_inputs` returns).
 
     ``image`` may stay uint8 (divided by 255 per window, as the predictor does for the whole
     image). ``shape`` and ``ndim`` mimic a tensor; :meth:`to` sets the dtype and memory format

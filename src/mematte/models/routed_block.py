@@ -29,7 +29,6 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mematte.models.attention import AttentionImpl, naive_attention
-from mematte.models.layers import act_
 from mematte.models.ltrm import ConvTokenRefiner, TokenRefiner
 from mematte.models.router import Router
 from mematte.models.vit import Block, RoutingInfo
@@ -342,12 +341,13 @@ class RoutedBlock(Block):
 
     def refine(self, x: Tensor) -> Tensor:
         """The LTRM output for (B, H, W, C) ``x``; at inference the conv LTRM runs in row
-        bands (:func:`refine_in_bands`), so its 2C-wide layers exist for one band at a time."""
+        bands (:meth:`~mematte.models.ltrm.ConvTokenRefiner.forward_in_bands`), so its 2C-wide
+        layers exist for one band at a time."""
         if self.training or torch.is_grad_enabled() or not isinstance(self.ltrm, ConvTokenRefiner):
             return self.ltrm(x)
         b, h, w, c = x.shape
         rows = max(1, -(-2 * self.band_tokens() // (b * w)))
-        return refine_in_bands(self.ltrm, x, rows)
+        return self.ltrm.forward_in_bands(x, rows)
 
     def mix_tokens(self, x: Tensor) -> tuple[Tensor, RoutingInfo]:
         """x: (B, H, W, C) → (mixed (B, H, W, C), routing decisions)."""
@@ -364,48 +364,8 @@ class RoutedBlock(Block):
         return mixed.view(b, h, w, c), RoutingInfo(decision=decision, log_probs=log_probs, grid=(h, w))
 
 
-def refine_in_bands(ltrm: ConvTokenRefiner, x: Tensor, band_rows: int) -> Tensor:
-    """Inference: ``ltrm(x)`` for (B, H, W, C) ``x``, computed in bands of ``band_rows`` rows.
-
-    fc1, GELU, fc2 and the gate are per token and the depthwise conv reads ``k // 2`` rows on
-    each side, so each band reads that many context rows and keeps its own rows; the ECA gate
-    averages the whole fc2 output, so it is applied once that exists (in place). The same
-    layers on the same values as :meth:`ConvTokenRefiner.forward`.
-    """
-    b, h, w, _ = x.shape
-    halo = ltrm.dwconv.padding[0] if ltrm.dwconv is not None else 0
-    out: Tensor | None = None
-    for r0 in range(0, h, band_rows):
-        r1 = min(r0 + band_rows, h)
-        lo, hi = max(0, r0 - halo), min(h, r1 + halo)
-        t = act_(ltrm.act1, ltrm.fc1(x[:, lo:hi]))
-        if ltrm.dwconv is not None:
-            t = ltrm.dwconv(t.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)[:, r0 - lo : r1 - lo]
-            t = ltrm.act2(t)
-        t = ltrm.fc2(t)
-        if out is None:
-            out = t.new_empty((b, h, w, t.shape[-1]))
-        out[:, r0:r1] = t
-        del t
-    assert out is not None
-    if ltrm.eca is not None:
-        eca = ltrm.eca
-        pooled = out.mean(dim=(1, 2))  # (B, C)
-        gate = torch.sigmoid(eca.conv(pooled.unsqueeze(1))).squeeze(1)[:, None, None, :]
-        for r0 in range(0, h, band_rows):
-            part = out[:, r0 : r0 + band_rows]
-            gated = part * gate
-            if eca.shortcut:
-                part.add_(gated)
-            else:
-                part.copy_(gated)
-            del gated
-    return out
-
-
 __all__ = [
     "MASKED_SOFTMAXES",
-    "refine_in_bands",
     "POLICY_EPS",
     "policy_matrix",
     "INFERENCE_RULES",

@@ -221,7 +221,6 @@ class Block(nn.Module):
             x = self.residual(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
         return x, routing
 
-
     # ------------------------------------------------------------------ lean inference
     def band_tokens(self) -> int:
         """Tokens per band of the in-place inference branches (window rows, MLP chunks, conv
