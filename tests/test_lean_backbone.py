@@ -65,3 +65,15 @@ def test_lazy_input_crops_are_slices_of_the_full_input(routed):
         torch.testing.assert_close(net.backbone(lazy).features, net.backbone(full).features, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="differ in size"):
         net.lazy_inputs(image, trimap[..., :80])
+
+
+@pytest.mark.parametrize("eca_shortcut", [True, False])
+def test_conv_token_refiner_gradients_float64(eca_shortcut):
+    """The conv LTRM's training pass (GELUs out of place under autograd) has exact gradients,
+    and its banded inference pass gives the same values."""
+    torch.manual_seed(0)
+    ltrm = ConvTokenRefiner(6, kernel_size=3, eca_kernel=3, eca_shortcut=eca_shortcut).double()
+    x = torch.randn(2, 5, 4, 6, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(ltrm, (x,), eps=1e-6, atol=1e-5)
+    with torch.no_grad():
+        torch.testing.assert_close(ltrm.forward_in_bands(x, 2), ltrm(x), rtol=1e-12, atol=1e-12)
