@@ -117,20 +117,23 @@ def test_receptive_field_radius_is_exact():
 def test_windows_are_bounded_and_aligned(monkeypatch: pytest.MonkeyPatch):
     dec = small_decoder()
     features, images = inputs(1, 208, 176)
-    calls: list[tuple[tuple[int, ...], tuple[int, ...]]] = []
+    calls: list[tuple[tuple[int, ...], tuple[int, ...], tuple[int, int, int, int]]] = []
     forward = dec.forward
 
-    def spy(f: Tensor, x: Tensor) -> Tensor:
-        calls.append((tuple(f.shape[-2:]), tuple(x.shape[-2:])))
-        return forward(f, x)
+    def spy(f: Tensor, x: Tensor, region: tuple[int, int, int, int]) -> Tensor:
+        calls.append((tuple(f.shape[-2:]), tuple(x.shape[-2:]), region))
+        return forward(f, x, region=region)
 
     monkeypatch.setattr(dec, "forward", spy)
     with torch.inference_mode():
         decode_tiled(dec, features, images, tile=64, context=32)
     assert len(calls) == 4 * 3
-    for (fh, fw), (h, w) in calls:
+    for (fh, fw), (h, w), (r0, r1, c0, c1) in calls:
         assert h <= 64 + 2 * 32 and w <= 64 + 2 * 32
         assert h % 16 == 0 and w % 16 == 0 and (fh, fw) == (h // 16, w // 16)
+        # the tile inside its window: up to 32 px of context on every side (less at the border)
+        assert r1 - r0 <= 64 and c1 - c0 <= 64 and r0 in (0, 32) and c0 in (0, 32)
+        assert 0 <= h - r1 <= 32 and 0 <= w - c1 <= 32
 
 
 def test_single_tile_fast_path(monkeypatch: pytest.MonkeyPatch):

@@ -359,9 +359,10 @@ def run_benchmark(cfg: DictConfig) -> list[PointResult]:
             context = spec_cfg.get("context", cfg.context)
             if tile == "auto":  # what the Predictor picks without a budget
                 tile = done[key].tile if key in done else auto_tile(
-                    net, height, width, context=context, dtype_bytes=dtype_bytes)
+                    net, height, width, context=context, dtype_bytes=dtype_bytes,
+                    device_type="cuda" if device.startswith("cuda") else "cpu")
             parts = estimate_peak_bytes(net, height, width, tile=tile, context=context,
-                                        dtype_bytes=dtype_bytes)
+                                        dtype_bytes=dtype_bytes, device_type="cuda" if device.startswith("cuda") else "cpu")
             estimate, weights = parts["total"], parts["weights"]
             if key in done:
                 result = done[key]

@@ -38,6 +38,7 @@ from mematte.models.decoder import BAND_HALO, DetailCapture
 from mematte.models.matting_net import LazyInput, MattingNet, as_tensor, crop_input, padded_size
 from mematte.models.routed_block import INFERENCE_RULES, RoutedBlock
 from mematte.models.vit import RoutingInfo, ViT
+from mematte.models.winograd import scratch_elements
 from mematte.presets import encode_trimap, finish_alpha, inference_rules
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -172,13 +173,15 @@ def decode_tiled(
         for x0 in range(0, w, tile):
             x1 = min(x0 + tile, w)
             wx0, wx1 = max(x0 - context, 0), min(x1 + context, w)
+            # the tile alone: the fine stages skip the window's context beyond their reach
             alpha = decoder(
                 features[:, :, wy0 // stride : wy1 // stride, wx0 // stride : wx1 // stride],
                 crop_input(images, wy0, wy1, wx0, wx1),
+                region=(y0 - wy0, y1 - wy0, x0 - wx0, x1 - wx0),
             )
             if out is None:
                 out = alpha.new_empty((b, alpha.shape[1], h, w))
-            out[:, :, y0:y1, x0:x1] = alpha[:, :, y0 - wy0 : y1 - wy0, x0 - wx0 : x1 - wx0]
+            out[:, :, y0:y1, x0:x1] = alpha
             del alpha
     assert out is not None
     return out
@@ -190,6 +193,7 @@ def decoder_tile_peak_bytes(
     context: int,
     feature_chans: int,
     dtype_bytes: int = 4,
+    winograd: bool = False,
 ) -> int:
     """Estimate the peak activation memory of decoding one tile, per batch element.
 
@@ -204,7 +208,10 @@ def decoder_tile_peak_bytes(
       ``band_pixels`` (:func:`~mematte.models.decoder.in_row_bands`) these are one band's
       (its rows plus the halo) and the stage's full-size output buffer comes on top,
     * inside the head (fused with the last block): the 3×3 conv output (and BatchNorm copy),
-      the logit and the sigmoid.
+      the logit and the sigmoid,
+    * with ``winograd`` (fp32 CPU inference), the per-call buffers of each fusion conv that
+      runs as a Winograd convolution (:func:`~mematte.models.winograd.scratch_elements`; its
+      zero-bordered input takes the concat's place).
 
     Backend workspaces (cuDNN, im2col) and allocator rounding are not counted; the
     (B, 1, H, W) output of :func:`decode_tiled` is not included either.
@@ -215,6 +222,7 @@ def decoder_tile_peak_bytes(
         context: context pixels on every side.
         feature_chans: backbone feature channels C.
         dtype_bytes: bytes per element (4 for fp32, 2 for fp16/bf16).
+        winograd: whether the decoder's Winograd convolutions run (fp32 on a CPU).
 
     Returns:
         Estimated peak bytes for one batch element (multiply by B).
@@ -245,7 +253,11 @@ def decoder_tile_peak_bytes(
             per_row = max(per_row, (out_chans + bn_copies * mid_chans + 2) * out_side)
         full_out = (1 if i == n - 1 else out_chans) * out_side**2 if rows < out_side else 0
         alive = feats + sum(levels[: n - i]) + x_chans * x_side**2
-        peak = max(peak, alive + rows * per_row + full_out)
+        scratch = 0
+        if winograd and blk.conv.winograd_eligible:
+            scratch = scratch_elements(x_chans + detail_chans, out_chans,
+                                       math.ceil(rows / 4) * math.ceil(out_side / 4), dtype_bytes)
+        peak = max(peak, alive + rows * per_row + full_out + scratch)
         x_chans, x_side = out_chans, out_side
     return int(peak * dtype_bytes)
 
@@ -377,6 +389,7 @@ def estimate_peak_bytes(
     tile: int | None = 512,
     context: int = 32,
     dtype_bytes: int = 4,
+    device_type: str = "cpu",
 ) -> dict[str, int]:
     """Estimated peak memory of :class:`Predictor` on an image, before running it.
 
@@ -389,11 +402,14 @@ def estimate_peak_bytes(
         batch: images per call.  tile, context: decoder tiling (``tile=None``: one decoder
             call on the whole image, as the original code).
         dtype_bytes: 4 (fp32) or 2 (bf16/fp16 autocast activations).
+        device_type: ``"cpu"`` or ``"cuda"``: fp32 on a CPU runs the decoder's Winograd
+            convolutions (:mod:`mematte.models.winograd`).
 
     Returns:
         Bytes per part: ``weights``, ``inputs`` (the encoded trimap; the image as given is
         the caller's), ``backbone`` (:func:`_backbone_peak_elements`), ``decoder`` (features,
-        the alpha being filled, one tile), ``finish`` (clamping the alpha), ``margin``, and
+        the alpha being filled, one tile, the Winograd-domain weights made on the first
+        call), ``finish`` (clamping the alpha), ``margin``, and
         ``total`` = weights + inputs + max(backbone, decoder, finish) + margin.
     """
     div = net.size_divisor
@@ -409,12 +425,16 @@ def estimate_peak_bytes(
     backbone_elements, matrix_elements = _backbone_peak_elements(net.backbone, grid, batch, dtype_bytes)
     backbone = dtype_bytes * backbone_elements
     features = dtype_bytes * batch * c * grid[0] * grid[1]
+    winograd = device_type == "cpu" and dtype_bytes == 4
     if tile is not None and (hp > tile or wp > tile):  # decode_tiled: one window of tile + context at a time
-        decoder_tile = decoder_tile_peak_bytes(net.decoder, tile, context, c, dtype_bytes)
+        decoder_tile = decoder_tile_peak_bytes(net.decoder, tile, context, c, dtype_bytes, winograd)
     else:  # one call on the whole (padded) image
-        decoder_tile = decoder_tile_peak_bytes(net.decoder, max(hp, wp), 0, c, dtype_bytes)
-    # features, the fp32 (B, 1, Hp, Wp) alpha being filled, one window
+        decoder_tile = decoder_tile_peak_bytes(net.decoder, max(hp, wp), 0, c, dtype_bytes, winograd)
+    # features, the fp32 (B, 1, Hp, Wp) alpha being filled, one window, and the Winograd-domain
+    # weights (kept from the first call on, so part of the first call's growth)
     decoder = features + 4 * padded + batch * decoder_tile
+    if winograd:
+        decoder += 4 * net.decoder.winograd_weight_elements()
     # the end: alpha, then clamping to the trimap (two torch.where, each with its
     # zeros/ones and mask) and the 8-bit rule: 17 bytes per pixel
     finish = 17 * pixels
@@ -451,6 +471,7 @@ def auto_tile(
     context: int = 32,
     dtype_bytes: int = 4,
     budget_bytes: int | None = None,
+    device_type: str = "cpu",
 ) -> int:
     """Decoder tile from the memory budget: the largest of :data:`AUTO_TILES` whose estimated
     peak (:func:`estimate_peak_bytes`) fits ``budget_bytes`` (the smallest when none does).
@@ -461,7 +482,7 @@ def auto_tile(
         if budget_bytes is None and tile <= AUTO_MIN_TILE:
             return AUTO_MIN_TILE
         parts = estimate_peak_bytes(net, height, width, batch=batch, tile=tile, context=context,
-                                    dtype_bytes=dtype_bytes)
+                                    dtype_bytes=dtype_bytes, device_type=device_type)
         if (parts["total"] <= budget_bytes) if budget_bytes is not None else (parts["decoder"] <= parts["backbone"]):
             return tile
     return AUTO_TILES[-1]
@@ -588,14 +609,16 @@ class Predictor:
         if self.rules.padding != "aligned":
             height, width = padded_size(height, width, self.net.size_divisor, self.rules.padding)
         return auto_tile(self.net, height, width, batch=batch, context=self.context,
-                         dtype_bytes=4 if self.autocast_dtype is None else 2, budget_bytes=budget)
+                         dtype_bytes=4 if self.autocast_dtype is None else 2, budget_bytes=budget,
+                         device_type=self.device.type)
 
     def _estimate(self, height: int, width: int, batch: int, tile: int | None) -> dict[str, int]:
         dtype_bytes = 4 if self.autocast_dtype is None else 2
         if self.rules.padding != "aligned":  # the preset's padded size is what runs
             height, width = padded_size(height, width, self.net.size_divisor, self.rules.padding)
         return estimate_peak_bytes(self.net, height, width, batch=batch, tile=tile,
-                                   context=self.context, dtype_bytes=dtype_bytes)
+                                   context=self.context, dtype_bytes=dtype_bytes,
+                                   device_type=self.device.type)
 
     def estimate(self, height: int, width: int, batch: int = 1) -> dict[str, int]:
         """Peak-memory estimate for an image size (see :func:`estimate_peak_bytes`), with the

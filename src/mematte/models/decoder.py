@@ -3,11 +3,14 @@
 Names follow the official code (``convstream.convs.{i}.{conv,bn}``,
 ``fusion_blks.{i}.conv.{conv,bn}``, ``matting_head.matting_convs.{0,1,3}``).
 
-Inference (autograd off, eval mode) differs in two exact ways that only save memory and time:
-BatchNorm is folded into the preceding conv (no second copy of every conv output), and each
-fusion stage is computed in bands of output rows (:meth:`DetailCapture.forward`): the ×2
-upsampled input and its concat with the detail level, the widest tensors of the decoder,
-then exist for one band at a time instead of the whole window.
+Inference (autograd off, eval mode) differs in ways that only save memory and time, with the
+same values up to fp32 rounding: BatchNorm is folded into the preceding conv (no second copy
+of every conv output); each fusion stage is computed in bands of output rows
+(:meth:`DetailCapture.forward`), so the ×2 upsampled input and its concat with the detail
+level, the widest tensors of the decoder, exist for one band at a time instead of the whole
+window; and on a CPU in fp32 the wide fusion convs run as Winograd F(4×4, 3×3) convolutions
+(:mod:`mematte.models.winograd`: 2.25× fewer multiply-adds, rounding error a few times a
+direct convolution's; ``winograd=False`` turns them off).
 """
 
 from __future__ import annotations
@@ -17,6 +20,14 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from mematte.models.winograd import (
+    PaddedInput,
+    cached_winograd_weight,
+    conv3x3_winograd_padded,
+    conv_qualifies,
+    input_qualifies,
+)
 
 
 class ConvBNReLU(nn.Module):
@@ -28,13 +39,35 @@ class ConvBNReLU(nn.Module):
         self.bn = nn.BatchNorm2d(out_chans)
         self.relu = nn.ReLU(inplace=True)
         self.fold_bn = True  # at inference: BatchNorm folded into the conv (see DetailCapture)
+        self.winograd = True  # at fp32 CPU inference: Winograd F(4×4, 3×3) where it gains
 
     def forward(self, x: Tensor) -> Tensor:
         """(B, C_in, H, W) → (B, C_out, H/stride, W/stride)."""
         if not self.fold_bn or self.training or torch.is_grad_enabled():
             return self.relu(self.bn(self.conv(x)))
+        if self.uses_winograd(x):
+            padded = PaddedInput(x, x.shape[0], x.shape[1], *x.shape[-2:])
+            padded.interior.copy_(x)
+            return self.forward_padded(padded)
         weight, bias = fold_batchnorm(self.conv, self.bn)
         return F.conv2d(x, weight, bias, self.conv.stride, self.conv.padding).relu_()
+
+    @property
+    def winograd_eligible(self) -> bool:
+        """Whether fp32 CPU inference runs this conv as a Winograd convolution."""
+        return self.winograd and self.fold_bn and conv_qualifies(self.conv)
+
+    def uses_winograd(self, x: Tensor) -> bool:
+        """Whether inference on ``x`` runs as a Winograd convolution (:meth:`forward_padded`)."""
+        return self.winograd_eligible and not self.training and input_qualifies(x)
+
+    def forward_padded(self, padded: PaddedInput) -> Tensor:
+        """Inference by Winograd F(4×4, 3×3) on an input written into ``padded``:
+        (B, C_in, H, W) → (B, C_out, H, W), channels-last."""
+        bn = self.bn
+        sources = (self.conv.weight, bn.weight, bn.bias, bn.running_mean, bn.running_var)
+        weight_t, bias = cached_winograd_weight(self, sources, lambda: fold_batchnorm(self.conv, bn))
+        return conv3x3_winograd_padded(padded, weight_t, bias, relu=True)
 
 
 def fold_batchnorm(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[Tensor, Tensor]:
@@ -84,7 +117,15 @@ class FusionBlock(nn.Module):
     def forward(self, x: Tensor, detail: Tensor) -> Tensor:
         """x: (B, C, h, w), detail: (B, D, 2h, 2w) → (B, C_out, 2h, 2w)."""
         up = F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
-        return self.conv(torch.cat([detail, up], dim=1))
+        if not self.conv.uses_winograd(up):
+            return self.conv(torch.cat([detail, up], dim=1))
+        # the concat written straight into the Winograd conv's zero-bordered input
+        b, d, h, w = detail.shape
+        padded = PaddedInput(up, b, d + up.shape[1], h, w)
+        padded.interior[:, :d] = detail
+        padded.interior[:, d:] = up
+        del up
+        return self.conv.forward_padded(padded)
 
 
 # Input rows of context on each side of a band. Output rows [2·s0, 2·s1) of the head read
@@ -96,32 +137,59 @@ BAND_HALO = 2
 
 
 def in_row_bands(
-    stage: Callable[[Tensor, Tensor], Tensor], x: Tensor, detail: Tensor, band_rows: int | None
+    stage: Callable[[Tensor, Tensor], Tensor],
+    x: Tensor,
+    detail: Tensor,
+    band_rows: int | None,
+    region: tuple[int, int, int, int] | None = None,
+    x_origin: tuple[int, int] = (0, 0),
 ) -> Tensor:
     """``stage(x, detail)`` (a ×2 fusion block, optionally followed by the head) in bands of
-    output rows, each from its input rows plus :data:`BAND_HALO` rows of context.
+    output rows, each from its input rows plus :data:`BAND_HALO` rows of context; optionally
+    only over a region of the output.
+
+    Exact for any region: an output pixel reads input rows and columns within
+    :data:`BAND_HALO` of its own (halved), and each slice reaches that far on every side
+    where the input has pixels, as the whole pass would.
 
     Args:
         stage: maps x (B, C, h, w) and detail (B, D, 2h, 2w) to (B, C_out, 2h, 2w).
-        x: (B, C, h, w) stage input.  detail: (B, D, 2h, 2w) detail level.
-        band_rows: output rows per band (even); None or ≥ 2h = one call.
+        x: the stage input, (B, C, h, w), or the part of it from ``x_origin`` on that covers
+            the region's input rows and columns (halved) plus :data:`BAND_HALO` on each side
+            (clipped to the input).
+        detail: (B, D, 2h, 2w) detail level, whole.
+        band_rows: output rows per band (even); None or ≥ the region's height = one call.
+        region: output rows [r0, r1) and columns [c0, c1) as (r0, r1, c0, c1), all even;
+            None = the whole output.
+        x_origin: (row, column) of ``x[..., 0, 0]`` in the whole input.
 
     Returns:
-        (B, C_out, 2h, 2w), equal to ``stage(x, detail)``.
+        (B, C_out, r1 − r0, c1 − c0), equal to ``stage(x, detail)`` over the region.
     """
-    h = x.shape[-2]
-    if band_rows is None or band_rows >= 2 * h:
-        return stage(x, detail)
+    h, w = detail.shape[-2] // 2, detail.shape[-1] // 2
+    if region is None:
+        if x_origin == (0, 0) and tuple(x.shape[-2:]) == (h, w) and (band_rows is None or band_rows >= 2 * h):
+            return stage(x, detail)
+        region = (0, 2 * h, 0, 2 * w)
+    r0, r1, c0, c1 = region
+    if min(region) < 0 or r1 > 2 * h or c1 > 2 * w or any(v % 2 for v in region):
+        raise ValueError(f"region {region} must be even and inside the {2 * h}×{2 * w} output")
+    oy, ox = x_origin
+    # input columns of the region plus the halo (clipped), the same for every band
+    lo_c, hi_c = max(0, c0 // 2 - BAND_HALO), min(w, c1 // 2 + BAND_HALO)
     out: Tensor | None = None
-    step = max(1, band_rows // 2)  # input rows per band
-    for s0 in range(0, h, step):
-        s1 = min(s0 + step, h)
+    step = (r1 - r0) // 2 if band_rows is None else max(1, band_rows // 2)  # input rows per band
+    for s0 in range(r0 // 2, r1 // 2, step):
+        s1 = min(s0 + step, r1 // 2)
         lo, hi = max(0, s0 - BAND_HALO), min(h, s1 + BAND_HALO)
-        y = stage(x[:, :, lo:hi], detail[:, :, 2 * lo : 2 * hi])
-        if out is None:  # in the stage's layout (channels-last under CPU bf16, see Predictor)
+        if lo < oy or hi - oy > x.shape[-2] or lo_c < ox or hi_c - ox > x.shape[-1]:
+            raise ValueError(f"x (origin {x_origin}, {tuple(x.shape[-2:])}) does not cover "
+                             f"the input rows {lo}:{hi} and columns {lo_c}:{hi_c} of region {region}")
+        y = stage(x[:, :, lo - oy : hi - oy, lo_c - ox : hi_c - ox], detail[:, :, 2 * lo : 2 * hi, 2 * lo_c : 2 * hi_c])
+        if out is None:  # in the stage's layout (channels-last on CPU, see Predictor)
             fmt = torch.channels_last if y.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
-            out = torch.empty((*y.shape[:2], 2 * h, y.shape[-1]), dtype=y.dtype, device=y.device, memory_format=fmt)
-        out[:, :, 2 * s0 : 2 * s1] = y[:, :, 2 * (s0 - lo) : 2 * (s1 - lo)]
+            out = torch.empty((*y.shape[:2], r1 - r0, c1 - c0), dtype=y.dtype, device=y.device, memory_format=fmt)
+        out[:, :, 2 * s0 - r0 : 2 * s1 - r0] = y[:, :, 2 * (s0 - lo) : 2 * (s1 - lo), c0 - 2 * lo_c : c1 - 2 * lo_c]
         del y
     assert out is not None
     return out
@@ -162,6 +230,9 @@ class DetailCapture(nn.Module):
             then 24 MiB; None = each stage at once).
         lean_inference: fold BatchNorm and compute in bands at inference (exact; less memory
             and time). False = the original code's tensors, for paper-faithful baselines.
+        winograd: at fp32 CPU inference with ``lean_inference``, run the wide 3×3 fusion convs
+            as Winograd F(4×4, 3×3) convolutions (:mod:`mematte.models.winograd`; faster, equal
+            to a direct convolution up to fp32 rounding). Settable at run time.
     """
 
     def __init__(
@@ -172,6 +243,7 @@ class DetailCapture(nn.Module):
         fusion_out: Sequence[int] = (256, 128, 64, 32),
         band_pixels: int | None = 16384,
         lean_inference: bool = True,
+        winograd: bool = True,
     ) -> None:
         super().__init__()
         if len(fusion_out) != len(convstream_out) + 1:
@@ -193,23 +265,66 @@ class DetailCapture(nn.Module):
         for module in self.modules():
             if isinstance(module, (ConvBNReLU, MattingHead)):
                 module.fold_bn = lean_inference
+        self.winograd = winograd
 
-    def forward(self, features: Tensor, images: Tensor) -> Tensor:
+    @property
+    def winograd(self) -> bool:
+        """Whether fp32 CPU inference runs the wide fusion convs as Winograd convolutions."""
+        return all(m.winograd for m in self.modules() if isinstance(m, ConvBNReLU))
+
+    @winograd.setter
+    def winograd(self, value: bool) -> None:
+        for module in self.modules():
+            if isinstance(module, ConvBNReLU):
+                module.winograd = value
+
+    def winograd_weight_elements(self) -> int:
+        """Elements of the Winograd-domain weights fp32 CPU inference keeps (36 per input/output
+        channel pair of every conv that runs as a Winograd convolution, 4× their weights)."""
+        return sum(36 * m.conv.in_channels * m.conv.out_channels
+                   for m in self.modules() if isinstance(m, ConvBNReLU) and m.winograd_eligible)
+
+    def forward(self, features: Tensor, images: Tensor,
+                region: tuple[int, int, int, int] | None = None) -> Tensor:
         """features: (B, C, H/16, W/16), images: (B, 4, H, W) normalised → alpha (B, 1, H, W).
 
         At inference (autograd off), every fusion stage runs in bands of ``band_pixels``
         output pixels (:func:`in_row_bands`), the last one together with the head, so only
         stage inputs and outputs exist at full size.
+
+        Args:
+            region: output rows [r0, r1) and columns [c0, c1) as (r0, r1, c0, c1), multiples
+                of 8, to compute alpha for only (inference; a tile inside its context window,
+                :func:`~mematte.inference.decode_tiled`). The last two stages (1/2 and full
+                resolution) then run on the region plus the few pixels they read around it,
+                not on the whole input; the result equals the same crop of the whole output.
+
+        Returns:
+            alpha (B, 1, H, W), or (B, 1, r1 − r0, c1 − c0) for a region.
         """
         details = self.convstream(images)
         last = len(self.fusion_blks) - 1
-        x = features
+        # the region of each stage's output that is needed: the last stage's is ``region``;
+        # the stage before needs its input rows/columns plus the halo (in_row_bands)
+        regions: list[tuple[int, int, int, int] | None] = [None] * (last + 1)
+        if region is not None:
+            if any(v % 8 for v in region):
+                raise ValueError(f"region {region} must be in multiples of 8 pixels")
+            regions[last] = region
+            h, w = images.shape[-2] // 2, images.shape[-1] // 2
+            r0, r1, c0, c1 = region
+            regions[last - 1] = (max(0, r0 // 2 - BAND_HALO), min(h, r1 // 2 + BAND_HALO),
+                                 max(0, c0 // 2 - BAND_HALO), min(w, c1 // 2 + BAND_HALO))
+        x, origin = features, (0, 0)
         for i, fusion in enumerate(self.fusion_blks):
             stage = self._last_fusion_and_head if i == last else fusion
             band = None
             if self.band_pixels is not None and not torch.is_grad_enabled():
-                band = max(2, self.band_pixels // (2 * x.shape[-1]) // 2 * 2)
-            x = in_row_bands(stage, x, details[last - i], band)
+                width = 2 * x.shape[-1] if regions[i] is None else regions[i][3] - regions[i][2]
+                band = max(2, self.band_pixels // width // 2 * 2)
+            x = in_row_bands(stage, x, details[last - i], band, regions[i], origin)
+            if regions[i] is not None:
+                origin = (regions[i][0], regions[i][2])
             details[last - i] = None  # a level is no longer needed once fused
         return x
 
