@@ -142,6 +142,7 @@ def test_preset_rules_per_kind():
     default = inference_rules("default", routed=True)
     assert (default.trimap_encoding, default.padding, default.max_tokens, default.clamp, default.alpha_rounding) == (
         "quantise", "aligned", None, True, "round")
+    assert default.winograd and not inference_rules("official", routed=True).winograd
     with pytest.raises(ValueError, match="preset='paper'.*default.*official"):
         inference_rules("paper", routed=True)
 
@@ -158,6 +159,7 @@ def test_predictor_official_preset_is_the_official_script(make_cfg, routed):
     assert np.array_equal(got_u8, expected), np.abs(got_u8.astype(int) - expected).max()
     if routed:
         assert all(net.backbone.blocks[i].max_tokens == 18_500 for i in net.backbone.routed_block_indexes)
+    assert not net.decoder.winograd  # direct convolutions, the official code's arithmetic
     # tiled decoding with context is exact: at most a level where truncation sits on an edge
     tiled = Predictor(net, tile=32, context=32, preset="official")
     got_tiled = tiled(torch.from_numpy(image).permute(2, 0, 1), torch.from_numpy(trimap)).alpha[0, 0]

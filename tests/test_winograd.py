@@ -11,10 +11,20 @@ from torch import nn
 from mematte.inference import decode_tiled, decoder_tile_peak_bytes, estimate_peak_bytes
 from mematte.models.decoder import ConvBNReLU, DetailCapture, FusionBlock, in_row_bands
 from mematte.models.winograd import (
+    MAX_THREADS,
     conv3x3_winograd,
     winograd_applies,
     winograd_weight,
 )
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Winograd runs on few intra-op threads only: the tests pin one, whatever the machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def randomise_batchnorm(module: nn.Module, seed: int = 0) -> None:
@@ -78,6 +88,9 @@ def test_winograd_applies_only_to_fp32_cpu_inference_of_wide_3x3_convs():
         assert not winograd_applies(x[:, :32], nn.Conv2d(32, 32, 3, padding=1))  # too narrow
         with torch.autocast("cpu", dtype=torch.bfloat16):
             assert not winograd_applies(x, wide)
+        torch.set_num_threads(MAX_THREADS + 1)  # many threads: the direct conv scales better
+        assert not winograd_applies(x, wide)
+        torch.set_num_threads(1)
     assert not winograd_applies(x, wide)  # autograd on: training
 
 

@@ -38,7 +38,7 @@ from mematte.models.decoder import BAND_HALO, DetailCapture
 from mematte.models.matting_net import LazyInput, MattingNet, as_tensor, crop_input, padded_size
 from mematte.models.routed_block import INFERENCE_RULES, RoutedBlock
 from mematte.models.vit import RoutingInfo, ViT
-from mematte.models.winograd import scratch_elements
+from mematte.models.winograd import runs_on as winograd_runs_on, scratch_elements
 from mematte.presets import encode_trimap, finish_alpha, inference_rules
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -402,8 +402,8 @@ def estimate_peak_bytes(
         batch: images per call.  tile, context: decoder tiling (``tile=None``: one decoder
             call on the whole image, as the original code).
         dtype_bytes: 4 (fp32) or 2 (bf16/fp16 autocast activations).
-        device_type: ``"cpu"`` or ``"cuda"``: fp32 on a CPU runs the decoder's Winograd
-            convolutions (:mod:`mematte.models.winograd`).
+        device_type: ``"cpu"`` or ``"cuda"``: fp32 on a CPU (few threads) runs the decoder's
+            Winograd convolutions (:func:`mematte.models.winograd.runs_on`).
 
     Returns:
         Bytes per part: ``weights``, ``inputs`` (the encoded trimap; the image as given is
@@ -425,7 +425,7 @@ def estimate_peak_bytes(
     backbone_elements, matrix_elements = _backbone_peak_elements(net.backbone, grid, batch, dtype_bytes)
     backbone = dtype_bytes * backbone_elements
     features = dtype_bytes * batch * c * grid[0] * grid[1]
-    winograd = device_type == "cpu" and dtype_bytes == 4
+    winograd = winograd_runs_on(device_type, dtype_bytes)
     if tile is not None and (hp > tile or wp > tile):  # decode_tiled: one window of tile + context at a time
         decoder_tile = decoder_tile_peak_bytes(net.decoder, tile, context, c, dtype_bytes, winograd)
     else:  # one call on the whole (padded) image
@@ -562,6 +562,8 @@ class Predictor:
         if max_tokens is None:
             max_tokens = self.rules.max_tokens
         configure_routed_inference(self.net, routed_inference, max_tokens)
+        if not self.rules.winograd:  # like the token cap, a setting of the net from here on
+            self.net.decoder.winograd = False
         self.precision = precision
         self.tile = tile
         self.context = context

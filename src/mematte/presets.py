@@ -20,7 +20,9 @@ Two presets exist:
       keeping the highest-scoring ones; ViTMatte has no routed blocks;
     - MEMatte clamps the known regions (alpha 0 where the trimap is 0, 1 where it is 255);
       ViTMatte's script does not clamp;
-    - the alpha is saved with ``to_pil_image``, which truncates: ``⌊α · 255⌋``.
+    - the alpha is saved with ``to_pil_image``, which truncates: ``⌊α · 255⌋``;
+    - the decoder's convolutions are direct ones, as in the official code (no Winograd
+      convolutions on a CPU, :mod:`mematte.models.winograd`), so the arithmetic is the same.
 
     Not reproduced: the official MEMatte decoder runs in 512² patches zero-padded at their
     borders, which is inexact along every patch border; ours decodes exactly (tiles with
@@ -69,6 +71,8 @@ class InferenceRules:
         clamp: force the trimap's known regions to 0 / 1.
         alpha_rounding: how the alpha becomes 8 bit: ``round`` to nearest or ``truncate``
             (``⌊α · 255⌋``, what ``to_pil_image`` does).
+        winograd: let fp32 CPU inference run the decoder's wide convs as Winograd
+            convolutions (equal to direct ones up to fp32 rounding).
     """
 
     preset: str = "default"
@@ -77,6 +81,7 @@ class InferenceRules:
     max_tokens: int | None = None
     clamp: bool = True
     alpha_rounding: AlphaRounding = "round"
+    winograd: bool = True
 
 
 def inference_rules(preset: str, routed: bool) -> InferenceRules:
@@ -95,6 +100,7 @@ def inference_rules(preset: str, routed: bool) -> InferenceRules:
             max_tokens=OFFICIAL_MAX_TOKENS if routed else None,
             clamp=routed,  # MEMatte's script clamps, ViTMatte's does not
             alpha_rounding="truncate",
+            winograd=False,
         )
     raise ValueError(f"preset={preset!r}: choose one of {list(PRESETS)}")
 

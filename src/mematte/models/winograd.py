@@ -17,8 +17,9 @@ fp32 rounding error is a few times that of a direct convolution (measured: max e
 on outputs of magnitude 7, against 1.5e-5 for oneDNN's direct convolution, both against a
 float64 reference). The weight transform is computed in float64.
 
-Only for inference: no autograd, fp32, CPU, 3×3 kernels with stride 1, padding 1, no groups
-or dilation (:func:`winograd_applies`). Training and every other case use ``F.conv2d``.
+Only for inference: no autograd, fp32, CPU with at most :data:`MAX_THREADS` intra-op threads,
+3×3 kernels with stride 1, padding 1, no groups or dilation (:func:`winograd_applies`).
+Training and every other case use ``F.conv2d``.
 """
 
 from __future__ import annotations
@@ -57,6 +58,11 @@ _AT = (
 # Below this many input × output channels the transforms cost more than they save (measured:
 # 68→32 and 32→16 are slower than oneDNN's direct convolution, 176→64 is 1.3× faster).
 MIN_CHANNEL_PRODUCT = 8192
+
+# Up to this many intra-op threads (torch.get_num_threads()). The chunked transforms scale
+# worse with threads than oneDNN's direct convolution (decoder at 1024², measured: 1.4×
+# faster on 1 thread, 1.2× on 2); more threads were not measured, so they keep the direct one.
+MAX_THREADS = 2
 
 # Bytes of transformed input per chunk (its 36 matrices): small enough to stay in cache
 # between the gather, the products and the output transform (measured: 4–8 MiB best).
@@ -123,12 +129,17 @@ def conv_qualifies(conv: nn.Conv2d) -> bool:
     )
 
 
+def runs_on(device_type: str, dtype_bytes: int) -> bool:
+    """Whether inference on this device and activation width runs Winograd convolutions:
+    fp32 on a CPU with at most :data:`MAX_THREADS` intra-op threads."""
+    return device_type == "cpu" and dtype_bytes == 4 and torch.get_num_threads() <= MAX_THREADS
+
+
 def input_qualifies(x: Tensor) -> bool:
     """Whether ``x`` is in the case Winograd serves: fp32 CPU inference (no autograd, no
-    autocast)."""
+    autocast) on few threads (:func:`runs_on`)."""
     return (
-        x.device.type == "cpu"
-        and x.dtype == torch.float32
+        runs_on(x.device.type, 4 if x.dtype == torch.float32 else 0)
         and not torch.is_grad_enabled()
         and not torch.is_autocast_enabled("cpu")
     )
@@ -172,7 +183,7 @@ class PaddedInput:
 
 def conv3x3_winograd(
     x: Tensor, weight_t: Tensor, bias: Tensor | None = None, relu: bool = False,
-    chunk_bytes: int = CHUNK_BYTES,
+    chunk_bytes: int | None = None,
 ) -> Tensor:
     """``F.conv2d(x, weight, bias, stride=1, padding=1)`` (then ReLU), by Winograd F(4×4, 3×3).
 
@@ -180,7 +191,7 @@ def conv3x3_winograd(
         x: (B, C_in, H, W) float.
         weight_t: (36, C_in, C_out) from :func:`winograd_weight`.
         bias: (C_out,) or None.  relu: apply ReLU to the output.
-        chunk_bytes: transformed-input bytes per chunk of tiles.
+        chunk_bytes: transformed-input bytes per chunk of tiles (None: :data:`CHUNK_BYTES`).
 
     Returns:
         (B, C_out, H, W) in channels-last memory format.
@@ -193,9 +204,10 @@ def conv3x3_winograd(
 
 def conv3x3_winograd_padded(
     padded: PaddedInput, weight_t: Tensor, bias: Tensor | None = None, relu: bool = False,
-    chunk_bytes: int = CHUNK_BYTES,
+    chunk_bytes: int | None = None,
 ) -> Tensor:
     """:func:`conv3x3_winograd` of an input already written into a :class:`PaddedInput`."""
+    chunk_bytes = chunk_bytes or CHUNK_BYTES
     source = padded.buffer
     b, c = source.shape[0], source.shape[-1]
     h, w, n_rows, n_cols = padded.h, padded.w, padded.rows, padded.cols
