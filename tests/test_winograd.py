@@ -117,6 +117,17 @@ def test_conv_bn_relu_caches_the_transformed_weight_until_it_changes():
         torch.testing.assert_close(updated, block(x), atol=1e-4, rtol=1e-4)
 
 
+def test_a_module_built_under_inference_mode_runs_winograd():
+    """Inference tensors keep no version counter: the cache must not need one."""
+    with torch.inference_mode():
+        block = ConvBNReLU(96, 128, stride=1).eval()
+        x = torch.randn(1, 96, 8, 8)
+        out = block(x)
+        assert "_winograd_cache" in block.__dict__
+        block.winograd = False
+        torch.testing.assert_close(out, block(x), atol=1e-4, rtol=1e-4)
+
+
 def test_fusion_block_writes_its_concat_into_the_winograd_input():
     fusion = FusionBlock(96 + 48, 64).eval()
     randomise_batchnorm(fusion)

@@ -7,8 +7,8 @@ becomes 36 independent matrix products over channels, and transforms the 36 prod
     Y = Aᵀ [ (G g Gᵀ) ⊙ (Bᵀ d B) ] A      (per channel pair, summed over input channels)
 
 That is 36 multiply-adds per input/output channel pair for 16 outputs instead of 144: the
-decoder's 576→256, 352→128 and 176→64 fusion convs run 1.3–2.3× faster than oneDNN's direct
-convolution on a CPU (fp32, one thread; ``experiments/`` has the benchmark). The transforms
+decoder's 576→256, 352→128 and 176→64 fusion convs ran 1.3–2.3× faster than oneDNN's direct
+convolution on a CPU (fp32, one thread; ``make bench`` measures the end-to-end effect). The transforms
 are small matrix products over the 6×6 positions of tiles gathered by strided views, done
 chunk by chunk so that a chunk's tiles stay in cache.
 
@@ -108,7 +108,9 @@ def cached_winograd_weight(
     Returns:
         (36, C_in, C_out) weight and the bias.
     """
-    key = tuple((t.data_ptr(), t._version, t.dtype) for t in sources)
+    # inference tensors (created under torch.inference_mode) keep no version counter; they can
+    # only change in place inside inference mode, which no training step does
+    key = tuple((t.data_ptr(), None if t.is_inference() else t._version, t.dtype) for t in sources)
     cached = owner.__dict__.get("_winograd_cache")
     if cached is None or cached[0] != key:
         weight, bias = weight_and_bias()
