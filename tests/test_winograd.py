@@ -183,6 +183,20 @@ def test_decoder_region_equals_the_crop_of_the_whole_output(region):
     torch.testing.assert_close(part, whole[..., r0:r1, c0:c1], atol=1e-6, rtol=0)
 
 
+def test_a_whole_region_is_the_plain_pass(monkeypatch: pytest.MonkeyPatch):
+    """A tile without context (the official code's 512² patches) keeps the plain pass: no
+    region slicing, so the paper-faithful decoder allocates what the original code does."""
+    dec = vitmatte_decoder()
+    dec.band_pixels = None
+    features, images = decoder_inputs(1, 64, 96)
+    seen = []
+    monkeypatch.setattr("mematte.models.decoder.in_row_bands",
+                        lambda stage, x, detail, band, region=None, origin=(0, 0): seen.append(region) or stage(x, detail))
+    with torch.inference_mode():
+        dec(features, images, region=(0, 64, 0, 96))
+    assert seen == [None] * 4
+
+
 def test_decoder_region_must_be_aligned_and_inside():
     dec = vitmatte_decoder()
     features, images = decoder_inputs(1, 64, 64)

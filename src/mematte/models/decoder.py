@@ -307,6 +307,8 @@ class DetailCapture(nn.Module):
         # the region of each stage's output that is needed: the last stage's is ``region``;
         # the stage before needs its input rows/columns plus the halo (in_row_bands)
         regions: list[tuple[int, int, int, int] | None] = [None] * (last + 1)
+        if region == (0, images.shape[-2], 0, images.shape[-1]):
+            region = None  # the whole output: the plain pass (the paper-faithful decoder's tensors)
         if region is not None:
             if any(v % 8 for v in region):
                 raise ValueError(f"region {region} must be in multiples of 8 pixels")
