@@ -311,6 +311,7 @@ def run_benchmark(cfg: DictConfig) -> list[PointResult]:
     from mematte.inference import auto_tile, estimate_peak_bytes
 
     device = str(cfg.device)
+    device_type = "cuda" if device.startswith("cuda") else "cpu"
     if device.startswith("cuda"):
         import torch
 
@@ -359,10 +360,9 @@ def run_benchmark(cfg: DictConfig) -> list[PointResult]:
             context = spec_cfg.get("context", cfg.context)
             if tile == "auto":  # what the Predictor picks without a budget
                 tile = done[key].tile if key in done else auto_tile(
-                    net, height, width, context=context, dtype_bytes=dtype_bytes,
-                    device_type="cuda" if device.startswith("cuda") else "cpu")
+                    net, height, width, context=context, dtype_bytes=dtype_bytes, device_type=device_type)
             parts = estimate_peak_bytes(net, height, width, tile=tile, context=context,
-                                        dtype_bytes=dtype_bytes, device_type="cuda" if device.startswith("cuda") else "cpu")
+                                        dtype_bytes=dtype_bytes, device_type=device_type)
             estimate, weights = parts["total"], parts["weights"]
             if key in done:
                 result = done[key]

@@ -46,9 +46,7 @@ class ConvBNReLU(nn.Module):
         if not self.fold_bn or self.training or torch.is_grad_enabled():
             return self.relu(self.bn(self.conv(x)))
         if self.uses_winograd(x):
-            padded = PaddedInput(x, x.shape[0], x.shape[1], *x.shape[-2:])
-            padded.interior.copy_(x)
-            return self.forward_padded(padded)
+            return self.forward_padded(PaddedInput.holding(x))
         weight, bias = fold_batchnorm(self.conv, self.bn)
         return F.conv2d(x, weight, bias, self.conv.stride, self.conv.padding).relu_()
 

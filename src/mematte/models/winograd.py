@@ -141,7 +141,8 @@ def input_qualifies(x: Tensor) -> bool:
     """Whether ``x`` is in the case Winograd serves: fp32 CPU inference (no autograd, no
     autocast) on few threads (:func:`runs_on`)."""
     return (
-        runs_on(x.device.type, 4 if x.dtype == torch.float32 else 0)
+        x.dtype == torch.float32
+        and runs_on(x.device.type, x.element_size())
         and not torch.is_grad_enabled()
         and not torch.is_autocast_enabled("cpu")
     )
@@ -182,6 +183,13 @@ class PaddedInput:
         self.buffer = buffer
         self.interior = buffer[:, 1 : h + 1, 1 : w + 1].permute(0, 3, 1, 2)
 
+    @classmethod
+    def holding(cls, x: Tensor) -> PaddedInput:
+        """A padded input holding a copy of ``x`` (B, C, H, W)."""
+        padded = cls(x, *x.shape)
+        padded.interior.copy_(x)
+        return padded
+
 
 def conv3x3_winograd(
     x: Tensor, weight_t: Tensor, bias: Tensor | None = None, relu: bool = False,
@@ -198,10 +206,7 @@ def conv3x3_winograd(
     Returns:
         (B, C_out, H, W) in channels-last memory format.
     """
-    b, c, h, w = x.shape
-    padded = PaddedInput(x, b, c, h, w)
-    padded.interior.copy_(x)
-    return conv3x3_winograd_padded(padded, weight_t, bias, relu, chunk_bytes)
+    return conv3x3_winograd_padded(PaddedInput.holding(x), weight_t, bias, relu, chunk_bytes)
 
 
 def conv3x3_winograd_padded(
