@@ -202,3 +202,23 @@ def test_targets_are_checked_on_the_run_and_tabulated():
     assert "| mem | 0.250 × | ≤ 0.5 × | met |" in table and "not measured" in table
     with pytest.raises(ValueError, match="unknown target kind"):
         check_targets(results, OmegaConf.create([{"name": "x", "kind": "speed", "max": 1}]), {})
+
+
+@pytest.mark.slow  # four fresh predict.py processes
+def test_startup_is_the_median_of_fresh_runs(caplog):
+    """Each start writes its alpha into a new folder (a resumed run would skip the image and
+    time nothing); the report is the median of the runs, each logged."""
+    from mematte.bench import measure_startup
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        net_config = model_net_configs(OmegaConf.create(TINY_MODELS))["tiny_mematte"]
+    GlobalHydra.instance().clear()
+    with caplog.at_level("INFO", logger="mematte"):
+        times = measure_startup(net_config, CONF_DIR.parent, size=64, repeats=2)
+    assert set(times) == {"help_s", "first_alpha_s"}
+    runs = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("start-up runs"))
+    for key, median in times.items():
+        samples = [float(t) for t in runs.split(f"{key} ")[1].split(";")[0].split(", ")]
+        assert len(samples) == 2 and 0 < min(samples) <= median <= max(samples)
+    assert times["help_s"] < times["first_alpha_s"]

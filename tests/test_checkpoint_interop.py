@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import copy
 import logging
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -430,6 +431,52 @@ def test_saved_mematte_checkpoint_is_what_eval_reads(make_cfg, tmp_path):
     assert detect_format(path) == "mematte"
     assert_same_state(net_from_checkpoint(load_checkpoint(path)), net)  # eval.py's path
     assert_same_state(net_from_any(path), net)
+
+
+def test_nets_built_to_be_loaded_skip_the_random_init(make_cfg, tmp_path, monkeypatch):
+    """predict.py / eval.py build the net only to overwrite every weight: no initialiser runs
+    (a ViT-S start-up spent 0.35 s drawing values), the loaded net is the saved one, and the
+    initialisers work again afterwards."""
+    net, cfg = tiny_net(make_cfg, routed=True)
+    path = save_net_checkpoint(net, cfg, tmp_path / "net.ckpt")
+    calls = []
+    for name in ("kaiming_uniform_", "trunc_normal_", "uniform_", "zeros_", "ones_"):
+        real = getattr(nn.init, name)
+        monkeypatch.setattr(nn.init, name, lambda t, *a, _real=real, _name=name, **k: calls.append(_name) or _real(t, *a, **k))
+    loaded = net_from_any(path)
+    assert calls == []
+    assert_same_state(loaded, net)
+    build_net(cfg)  # an ordinary build still initialises
+    assert {"kaiming_uniform_", "trunc_normal_"} <= set(calls)
+
+
+def test_skipped_weight_init_is_undone_on_errors():
+    from mematte.checkpoints.netconfig import skipped_weight_init
+
+    real = nn.init.kaiming_uniform_
+    with pytest.raises(ZeroDivisionError), skipped_weight_init():
+        assert nn.init.kaiming_uniform_ is not real
+        1 / 0
+    assert nn.init.kaiming_uniform_ is real
+    assert nn.Linear(4, 4).weight.abs().sum() > 0
+
+
+def test_a_parameter_left_unloaded_is_refused(make_cfg, tmp_path, monkeypatch):
+    """Only buffers may be absent from a file (pixel statistics, BN step counters); should a
+    parameter ever slip through, the uninitialised net is refused, not returned."""
+    import dataclasses
+
+    from mematte.checkpoints import loading
+    from mematte.checkpoints.loading import net_from_weights
+
+    net, cfg = tiny_net(make_cfg, routed=False)
+    weights = read_weights(save_net_checkpoint(net, cfg, tmp_path / "net.ckpt"))
+    key = "decoder.matting_head.matting_convs.0.weight"
+    assert key in weights.state
+    monkeypatch.setattr(loading, "_OPTIONAL", re.compile(re.escape(key) + "$"))
+    partial = dataclasses.replace(weights, state={k: v for k, v in weights.state.items() if k != key})
+    with pytest.raises(WeightsMismatchError, match="leaves parameters unset: " + re.escape(key)):
+        net_from_weights(partial)
 
 
 def test_convert_cli_official_to_mematte_and_back(make_cfg, tmp_path, capsys):

@@ -88,13 +88,48 @@ def test_naive_attention_estimate_is_quadratic():
 def test_estimate_parts_add_up():
     net = small_net(routed=True)
     est = estimate_peak_bytes(net, 400, 560, tile=128, context=64)
-    activations = est["inputs"] + max(est["backbone"], est["decoder"], est["finish"])
+    activations = est["inputs"] + est["cast_weights"] + max(est["backbone"], est["decoder"], est["finish"])
     assert est["total"] == est["weights"] + activations + est["margin"]
     assert est["margin"] > 0.2 * activations
     assert est["total"] < 1 * GIB
     # the encoded trimap; the network input is computed window by window (LazyInput)
     assert est["inputs"] >= 4 * 400 * 560
     assert est["decoder"] >= 4 * 400 * 560  # at least the fp32 alpha being filled
+
+
+def test_half_precision_estimate_counts_autocasts_weight_copies():
+    """Autocast keeps a 2-byte copy of every conv / linear weight it casts until the call ends."""
+    net = small_net(routed=True)
+    cast = sum(p.numel() for m in net.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))
+               for p in m.parameters(recurse=False))
+    assert estimate_peak_bytes(net, 256, 256)["cast_weights"] == 0
+    assert estimate_peak_bytes(net, 256, 256, dtype_bytes=2)["cast_weights"] == 2 * cast
+
+
+def test_freed_memory_is_released_between_stages_on_cpu(monkeypatch):
+    """Lean CPU inference hands freed heap back after every backbone block, the backbone and
+    the decoder; the paper-faithful decoder keeps the original code's memory behaviour."""
+    import mematte.inference as inference
+
+    calls = []
+    monkeypatch.setattr(inference, "release_free_memory", lambda: calls.append(1) or True)
+    image, trimap = sample(96, 128)
+    net = small_net()
+    Predictor(net, precision="fp32")(image, trimap)
+    assert len(calls) == len(net.backbone.blocks) + 2  # each block, the backbone, the decoder
+    assert not any(blk._forward_hooks for blk in net.backbone.blocks)  # the net is left as it was
+    faithful = small_net()
+    faithful.decoder = DetailCapture(in_chans=48, convstream_out=(8, 16, 24), fusion_out=(32, 16, 8, 8),
+                                     lean_inference=False).eval()
+    calls.clear()
+    Predictor(faithful, precision="fp32")(image, trimap)
+    assert calls == []
+    # the estimate's fixed margin follows: less retained heap where memory is released
+    for model, fixed in ((net, inference._RELEASED_MARGIN_BYTES), (faithful, inference._MARGIN_BYTES)):
+        est = estimate_peak_bytes(model, 512, 512)
+        activations = est["total"] - est["weights"] - est["margin"]
+        assert est["margin"] == int(inference._MARGIN_FRACTION * activations) + fixed
+    assert inference._RELEASED_MARGIN_BYTES < inference._MARGIN_BYTES
 
 
 def test_bad_options():

@@ -400,7 +400,8 @@ def run_benchmark(cfg: DictConfig) -> list[PointResult]:
 
     startup: dict[str, float] = {}
     if cfg.get("startup") and cfg.startup.model:
-        startup = measure_startup(net_configs[str(cfg.startup.model)], Path(cfg.paths.root_dir))
+        startup = measure_startup(net_configs[str(cfg.startup.model)], Path(cfg.paths.root_dir),
+                                  repeats=int(cfg.startup.get("repeats", 3)))
         log.info("start-up: %s", ", ".join(f"{k} {v:.2f}" for k, v in startup.items()))
     write_reports(results, cfg, out_dir / name, budget, startup)
     append_markdown(out_dir / name, bf16_guard_notes(cfg, net_configs))
@@ -424,13 +425,15 @@ def _git_commit() -> str | None:
 
 # --------------------------------------------------------------------------- start-up
 def measure_startup(
-    net_config: dict[str, Any], root: Path, size: int = 512, timeout_s: float = 300
+    net_config: dict[str, Any], root: Path, size: int = 512, timeout_s: float = 300, repeats: int = 3
 ) -> dict[str, float]:
-    """Wall seconds of ``predict.py --help`` and of a cold ``predict.py`` run on one image.
+    """Wall seconds of ``predict.py --help`` and of a cold ``predict.py`` run on one image:
+    the median of ``repeats`` fresh processes each (on a shared 2-core machine one start
+    varied by ±15 %).
 
     The run reads a checkpoint of ``net_config`` (random weights), a ``size``² PNG and its
-    trimap and writes the alpha (cutout off): process start to exit, as a user sees it.
-    Both are fresh processes; their time includes the interpreter and every import. The run
+    trimap and writes the alpha (cutout off) into a new folder: process start to exit, as a
+    user sees it. Each time includes the interpreter and every import. The run
     is fp32: ``precision=auto``'s bf16 guard runs once per weights file on a bf16 CPU (about
     10 s) and is then cached, so it is not a cost of every start.
     """
@@ -442,7 +445,7 @@ def measure_startup(
     from mematte.checkpoints import build_net
     from mematte.checkpoints.native import save_net_checkpoint
 
-    times: dict[str, float] = {}
+    samples: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory() as tmp_dir:
         tmp = Path(tmp_dir)
         save_net_checkpoint(build_net(net_config), net_config, tmp / "net.ckpt")
@@ -450,23 +453,26 @@ def measure_startup(
         Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(tmp / "image.png")
         trimap = np.array([0, 128, 255], dtype=np.uint8)[rng.integers(0, 3, (size, size))]
         Image.fromarray(trimap).save(tmp / "trimap.png")
-        commands = {
-            "help_s": [sys.executable, "predict.py", "--help"],
-            "first_alpha_s": [
-                sys.executable, "predict.py", f"ckpt_path={tmp / 'net.ckpt'}", f"input={tmp / 'image.png'}",
-                f"trimaps={tmp / 'trimap.png'}", f"out={tmp / 'out'}", "cutout=false", "precision=fp32",
-                f"hydra.run.dir={tmp / 'hydra'}",
-            ],
-        }
-        for key, cmd in commands.items():
-            start = time.perf_counter()
-            proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=timeout_s)
-            times[key] = time.perf_counter() - start
-            if proc.returncode:
-                raise RuntimeError(f"{' '.join(cmd[1:3])} failed ({proc.returncode}): {proc.stderr[-500:]}")
-        if not (tmp / "out" / "alpha" / "image.png").is_file():
-            raise RuntimeError("predict.py wrote no alpha; the start-up measurement is void")
-    return times
+        for run in range(repeats):
+            out = tmp / f"out{run}"  # a new folder each time: an existing alpha would be skipped
+            commands = {
+                "help_s": [sys.executable, "predict.py", "--help"],
+                "first_alpha_s": [
+                    sys.executable, "predict.py", f"ckpt_path={tmp / 'net.ckpt'}", f"input={tmp / 'image.png'}",
+                    f"trimaps={tmp / 'trimap.png'}", f"out={out}", "cutout=false", "precision=fp32",
+                    f"hydra.run.dir={tmp / 'hydra'}",
+                ],
+            }
+            for key, cmd in commands.items():
+                start = time.perf_counter()
+                proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=timeout_s)
+                samples.setdefault(key, []).append(time.perf_counter() - start)
+                if proc.returncode:
+                    raise RuntimeError(f"{' '.join(cmd[1:3])} failed ({proc.returncode}): {proc.stderr[-500:]}")
+            if not (out / "alpha" / "image.png").is_file():
+                raise RuntimeError("predict.py wrote no alpha; the start-up measurement is void")
+    log.info("start-up runs (s): %s", "; ".join(f"{k} " + ", ".join(f"{t:.2f}" for t in v) for k, v in samples.items()))
+    return {key: statistics.median(values) for key, values in samples.items()}
 
 
 # --------------------------------------------------------------------------- bf16 guard
@@ -736,7 +742,8 @@ def write_reports(
     write_csv(results, stem.with_suffix(".csv"))
     text = f"# Benchmark `{stem.name}`\n\n" + _environment_line() + "\n\n" + markdown_table(results, cfg, budget)
     if startup:
-        text += ("\nStart-up (fresh processes, wall seconds): "
+        repeats = int((cfg.get("startup") or {}).get("repeats", 3))
+        text += (f"\nStart-up (fresh processes, wall seconds, median of {repeats}): "
                  + ", ".join(f"{k.removesuffix('_s').replace('_', ' ')} {v:.2f} s" for k, v in startup.items()) + ".\n")
     if cfg.get("targets"):
         text += ("\n## Targets\n\nEach checked on this run's points (ratios of points measured in the same "

@@ -26,8 +26,10 @@ up 29 → conv 30 (1/1) → head 31. So 31 px on every side; since window extent
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
@@ -40,6 +42,7 @@ from mematte.models.routed_block import INFERENCE_RULES, RoutedBlock
 from mematte.models.vit import RoutingInfo, ViT
 from mematte.models.winograd import runs_on as winograd_runs_on, scratch_elements
 from mematte.presets import encode_trimap, finish_alpha, inference_rules
+from mematte.profiling import release_free_memory
 
 if TYPE_CHECKING:  # pragma: no cover
     from mematte.precision import GuardResult
@@ -58,6 +61,7 @@ __all__ = [
     "decoder_stride",
     "decoder_tile_peak_bytes",
     "estimate_peak_bytes",
+    "releases_freed_memory",
 ]
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
@@ -65,6 +69,10 @@ PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16")
 GIB = 1024**3
 _MARGIN_FRACTION = 0.2
 _MARGIN_BYTES = 64 * 1024**2
+# the fixed part where freed memory is handed back after every block (releases_freed_memory):
+# no heap retained from earlier blocks and stages (measured, MEMatte-S: 29–46 MiB above the
+# modelled tensors at 1024², where 64 MiB made the estimate 24–36 % high)
+_RELEASED_MARGIN_BYTES = 16 * 1024**2
 
 
 def decoder_stride(decoder: DetailCapture) -> int:
@@ -262,6 +270,27 @@ def decoder_tile_peak_bytes(
     return int(peak * dtype_bytes)
 
 
+def releases_freed_memory(net: MattingNet, device_type: str) -> bool:
+    """Whether :class:`Predictor` hands freed heap back to the OS after every backbone block
+    and stage: on a CPU, with the lean decoder (not the paper-faithful one)."""
+    return device_type == "cpu" and bool(getattr(net.decoder.matting_head, "fold_bn", False))
+
+
+@contextlib.contextmanager
+def _released_after(modules: Iterable[nn.Module]) -> Iterator[None]:
+    """Within the block, every call of one of ``modules`` ends by handing the freed heap back
+    to the OS (:func:`~mematte.profiling.release_free_memory`); the hooks are removed after."""
+    def release(*_: object) -> None:  # a hook that returned a value would replace the output
+        release_free_memory()
+
+    handles = [m.register_forward_hook(release) for m in modules]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 # --------------------------------------------------------------------------- routed blocks
 def configure_routed_inference(
     net: nn.Module, inference: str | None = None, max_tokens: int | None = None
@@ -407,10 +436,11 @@ def estimate_peak_bytes(
 
     Returns:
         Bytes per part: ``weights``, ``inputs`` (the encoded trimap; the image as given is
-        the caller's), ``backbone`` (:func:`_backbone_peak_elements`), ``decoder`` (features,
-        the alpha being filled, one tile, the Winograd-domain weights made on the first
-        call), ``finish`` (clamping the alpha), ``margin``, and
-        ``total`` = weights + inputs + max(backbone, decoder, finish) + margin.
+        the caller's), ``cast_weights`` (autocast's half-precision weight copies; 0 in
+        fp32), ``backbone`` (:func:`_backbone_peak_elements`), ``decoder`` (features, the
+        alpha being filled, one tile, the Winograd-domain weights made on the first call),
+        ``finish`` (clamping the alpha), ``margin``, and ``total`` = weights + inputs +
+        cast_weights + max(backbone, decoder, finish) + margin.
     """
     div = net.size_divisor
     hp, wp = math.ceil(height / div) * div, math.ceil(width / div) * div
@@ -438,16 +468,25 @@ def estimate_peak_bytes(
     # the end: alpha, then clamping to the trimap (two torch.where, each with its
     # zeros/ones and mask) and the 8-bit rule: 17 bytes per pixel
     finish = 17 * pixels
-    activations = inputs + max(backbone, decoder, finish)
+    # autocast (2-byte activations) keeps a half-precision copy of every conv / linear weight it
+    # casts until the prediction ends (its cast cache): alive through every stage
+    cast_weights = 0
+    if dtype_bytes == 2:
+        cast_weights = dtype_bytes * sum(
+            p.numel() for m in net.modules() if isinstance(m, (nn.Linear, nn.Conv2d)) for p in m.parameters(recurse=False)
+        )
+    activations = inputs + cast_weights + max(backbone, decoder, finish)
     # Allocator slack, temporaries the model misses, backend workspaces and one-off costs of
-    # a first run (_MARGIN_BYTES). Naive attention's N×N matrices are exact and get no
+    # a first run (_MARGIN_BYTES; less where freed memory is released between blocks). Naive attention's N×N matrices are exact and get no
     # proportional margin: at 2048² they are 18 GiB, and a share of that would refuse images
     # that fit.
     exact = dtype_bytes * matrix_elements if backbone >= max(decoder, finish) else 0
-    margin = int(_MARGIN_FRACTION * (activations - exact)) + _MARGIN_BYTES
+    fixed = _RELEASED_MARGIN_BYTES if releases_freed_memory(net, device_type) else _MARGIN_BYTES
+    margin = int(_MARGIN_FRACTION * (activations - exact)) + fixed
     return {
         "weights": weights,
         "inputs": inputs,
+        "cast_weights": cast_weights,
         "backbone": backbone,
         "decoder": decoder,
         "finish": finish,
@@ -576,6 +615,15 @@ class Predictor:
         self.channels_last = self.device.type == "cpu" and bool(getattr(self.net.decoder.matting_head, "fold_bn", False))
         self._cpu_auto_dtype: torch.dtype | None = None
         self._cpu_auto_resolved = False
+        # CPU: hand the freed heap back to the OS after every backbone block, after the
+        # backbone and after the decoder (release_free_memory, about a millisecond each).
+        # glibc keeps freed chunks resident and the next stage's buffers (other sizes) rarely
+        # fit in them, so the resident peak crept up block by block (MEMatte-S at 2048²,
+        # measured: the backbone's 380 MiB above the input became 232 MiB, at the same
+        # speed). Not after each decoder tile: the tiles reuse each other's chunks, and
+        # faulting the pages in again cost 7 % of the decoder's time. Not for the
+        # paper-faithful decoder, whose peak is the original code's.
+        self.release_between_stages = releases_freed_memory(self.net, self.device.type)
 
     @property
     def autocast_dtype(self) -> torch.dtype | None:
@@ -679,8 +727,11 @@ class Predictor:
             # window by window (decoder): no full-resolution float copy of the image
             x = self.net.lazy_inputs(image, trimap, self.rules.padding)
             del image
-            backbone_out = self.net.backbone(x)
+            with _released_after(self.net.backbone.blocks if self.release_between_stages else ()):
+                backbone_out = self.net.backbone(x)
             routing = backbone_out.routing
+            if self.release_between_stages:
+                release_free_memory()
             if self.channels_last:
                 # the decoder in channels-last, oneDNN's native CPU layout: no reorder around
                 # every conv, vectorised bilinear upsampling (measured 1.9× faster in bf16, 1.4×
@@ -695,5 +746,7 @@ class Predictor:
                 tile = self.choose_tile(h, w, b)
                 alpha = decode_tiled(self.net.decoder, backbone_out.features, x, tile, self.context)
             del x, backbone_out  # free the full-resolution input and the features early
+            if self.release_between_stages:
+                release_free_memory()
             alpha = finish_alpha(alpha[..., :h, :w], trimap, self.rules)
         return Prediction(alpha=alpha.cpu(), routing=routing, estimate=estimate)

@@ -237,8 +237,15 @@ def net_from_weights(
             f"{weights.source} ({weights.description}) holds no decoder: it can only initialise a net "
             "(init_from=PATH when training), not be evaluated"
         )
-    net = build_net(resolve_net_config(weights, model_cfg))
-    apply_weights(net, weights, partial=False)
+    # every parameter is about to be overwritten (partial=False refuses missing ones), so
+    # drawing random values first would only slow the start of predict.py / eval.py
+    net = build_net(resolve_net_config(weights, model_cfg), init_weights=False)
+    loaded = set(apply_weights(net, weights, partial=False)["loaded"])
+    unset = [name for name, _ in net.named_parameters() if name not in loaded]
+    if unset:  # an optional key that is a parameter would be left uninitialised
+        raise WeightsMismatchError(
+            f"{weights.source} ({weights.description}) leaves parameters unset: " + ", ".join(unset[:_LIST_LIMIT])
+        )
     return net
 
 

@@ -42,7 +42,7 @@ def net_from_checkpoint(ckpt: dict[str, Any]) -> nn.Module:
     net_config = ckpt["mematte"].get("net_config")
     if not net_config:
         raise ValueError("checkpoint stores no net config; it was not written by mematte.train")
-    net = build_net(net_config)
+    net = build_net(net_config, init_weights=False)  # strict: every weight is loaded next
     net.load_state_dict(net_state(ckpt), strict=True)
     return net
 

@@ -19,8 +19,11 @@ from torch import Tensor, nn
 
 __all__ = ["DropPath", "LayerNorm2d", "Mlp", "act_", "resample_abs_pos_embed", "trunc_normal_"]
 
-# torch's initialiser is the algorithm timm's ``trunc_normal_`` copies (absolute bounds a, b)
-trunc_normal_ = nn.init.trunc_normal_
+def trunc_normal_(tensor: Tensor, mean: float = 0.0, std: float = 1.0, a: float = -2.0, b: float = 2.0) -> Tensor:
+    """timm's ``trunc_normal_`` (absolute bounds ``a``, ``b``): torch's initialiser, which is
+    the algorithm timm copies. Looked up at call time, so that
+    :func:`mematte.checkpoints.netconfig.skipped_weight_init` reaches it too."""
+    return nn.init.trunc_normal_(tensor, mean=mean, std=std, a=a, b=b)
 
 
 class DropPath(nn.Module):
