@@ -134,6 +134,10 @@ def test_windows_are_bounded_and_aligned(monkeypatch: pytest.MonkeyPatch):
         # the tile inside its window: up to 32 px of context on every side (less at the border)
         assert r1 - r0 <= 64 and c1 - c0 <= 64 and r0 in (0, 32) and c0 in (0, 32)
         assert 0 <= h - r1 <= 32 and 0 <= w - c1 <= 32
+    # the largest windows first (later ones fit in memory the allocator already holds); the
+    # last is the bottom-right corner's 48×80
+    areas = [h * w for _, (h, w), _ in calls]
+    assert areas == sorted(areas, reverse=True) and areas[0] == 128 * 128 and areas[-1] == 48 * 80
 
 
 def test_single_tile_fast_path(monkeypatch: pytest.MonkeyPatch):

@@ -26,10 +26,8 @@ up 29 → conv 30 (1/1) → head 31. So 31 px on every side; since window extent
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
-from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
@@ -42,7 +40,7 @@ from mematte.models.routed_block import INFERENCE_RULES, RoutedBlock
 from mematte.models.vit import RoutingInfo, ViT
 from mematte.models.winograd import runs_on as winograd_runs_on, scratch_elements
 from mematte.presets import encode_trimap, finish_alpha, inference_rules
-from mematte.profiling import release_free_memory
+from mematte.profiling import read_status_bytes, release_free_memory
 
 if TYPE_CHECKING:  # pragma: no cover
     from mematte.precision import GuardResult
@@ -69,10 +67,13 @@ PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16")
 GIB = 1024**3
 _MARGIN_FRACTION = 0.2
 _MARGIN_BYTES = 64 * 1024**2
-# the fixed part where freed memory is handed back after every block (releases_freed_memory):
-# no heap retained from earlier blocks and stages (measured, MEMatte-S: 29–46 MiB above the
-# modelled tensors at 1024², where 64 MiB made the estimate 24–36 % high)
+# the fixed part where freed memory is handed back between stages (releases_freed_memory): no
+# heap retained from an earlier stage (measured, lean models at 1024²: 29–46 MiB above the
+# modelled tensors, where 64 MiB made the estimate 24–36 % high)
 _RELEASED_MARGIN_BYTES = 16 * 1024**2
+# CPU inference: freed heap goes back to the OS after every backbone block when one token map
+# (B·N·C activations) is at least this large (Predictor.release_between_stages)
+BLOCK_RELEASE_MIN_TOKEN_MAP_BYTES = 64 * 1024**2
 
 
 def decoder_stride(decoder: DetailCapture) -> int:
@@ -174,23 +175,29 @@ def decode_tiled(
     if h <= tile and w <= tile:
         return decoder(features, as_tensor(images))
 
-    out: Tensor | None = None
+    windows = []  # (window rows, window columns, tile rows, tile columns)
     for y0 in range(0, h, tile):
         y1 = min(y0 + tile, h)
-        wy0, wy1 = max(y0 - context, 0), min(y1 + context, h)
         for x0 in range(0, w, tile):
             x1 = min(x0 + tile, w)
-            wx0, wx1 = max(x0 - context, 0), min(x1 + context, w)
-            # the tile alone: the fine stages skip the window's context beyond their reach
-            alpha = decoder(
-                features[:, :, wy0 // stride : wy1 // stride, wx0 // stride : wx1 // stride],
-                crop_input(images, wy0, wy1, wx0, wx1),
-                region=(y0 - wy0, y1 - wy0, x0 - wx0, x1 - wx0),
-            )
-            if out is None:
-                out = alpha.new_empty((b, alpha.shape[1], h, w))
-            out[:, :, y0:y1, x0:x1] = alpha
-            del alpha
+            windows.append(((max(y0 - context, 0), min(y1 + context, h)),
+                            (max(x0 - context, 0), min(x1 + context, w)), (y0, y1), (x0, x1)))
+    # the largest windows first: each later window's buffers then fit in chunks the allocator
+    # already holds (in raster order, the smaller border windows came first and every larger
+    # one after them took new memory: MEMatte-S at 2048², the resident peak crept 73 MiB)
+    windows.sort(key=lambda win: (win[0][1] - win[0][0]) * (win[1][1] - win[1][0]), reverse=True)
+    out: Tensor | None = None
+    for (wy0, wy1), (wx0, wx1), (y0, y1), (x0, x1) in windows:
+        # the tile alone: the fine stages skip the window's context beyond their reach
+        alpha = decoder(
+            features[:, :, wy0 // stride : wy1 // stride, wx0 // stride : wx1 // stride],
+            crop_input(images, wy0, wy1, wx0, wx1),
+            region=(y0 - wy0, y1 - wy0, x0 - wx0, x1 - wx0),
+        )
+        if out is None:
+            out = alpha.new_empty((b, alpha.shape[1], h, w))
+        out[:, :, y0:y1, x0:x1] = alpha
+        del alpha
     assert out is not None
     return out
 
@@ -270,25 +277,14 @@ def decoder_tile_peak_bytes(
     return int(peak * dtype_bytes)
 
 
+def _release_after_block(*_: object) -> None:  # a hook that returned a value would replace the output
+    release_free_memory()
+
+
 def releases_freed_memory(net: MattingNet, device_type: str) -> bool:
-    """Whether :class:`Predictor` hands freed heap back to the OS after every backbone block
-    and stage: on a CPU, with the lean decoder (not the paper-faithful one)."""
+    """Whether :class:`Predictor` hands freed heap back to the OS between its stages: on a
+    CPU, with the lean decoder (not the paper-faithful one)."""
     return device_type == "cpu" and bool(getattr(net.decoder.matting_head, "fold_bn", False))
-
-
-@contextlib.contextmanager
-def _released_after(modules: Iterable[nn.Module]) -> Iterator[None]:
-    """Within the block, every call of one of ``modules`` ends by handing the freed heap back
-    to the OS (:func:`~mematte.profiling.release_free_memory`); the hooks are removed after."""
-    def release(*_: object) -> None:  # a hook that returned a value would replace the output
-        release_free_memory()
-
-    handles = [m.register_forward_hook(release) for m in modules]
-    try:
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 # --------------------------------------------------------------------------- routed blocks
@@ -436,11 +432,11 @@ def estimate_peak_bytes(
 
     Returns:
         Bytes per part: ``weights``, ``inputs`` (the encoded trimap; the image as given is
-        the caller's), ``cast_weights`` (autocast's half-precision weight copies; 0 in
-        fp32), ``backbone`` (:func:`_backbone_peak_elements`), ``decoder`` (features, the
-        alpha being filled, one tile, the Winograd-domain weights made on the first call),
-        ``finish`` (clamping the alpha), ``margin``, and ``total`` = weights + inputs +
-        cast_weights + max(backbone, decoder, finish) + margin.
+        the caller's), ``backbone`` (:func:`_backbone_peak_elements`), ``decoder`` (features,
+        the alpha being filled, one tile, the Winograd-domain weights made on the first
+        call), ``finish`` (clamping the alpha), ``margin``, and
+        ``total`` = weights + inputs + max(backbone, decoder, finish) + margin. (Under
+        ``torch.inference_mode`` autocast keeps no cast copies of the weights: measured.)
     """
     div = net.size_divisor
     hp, wp = math.ceil(height / div) * div, math.ceil(width / div) * div
@@ -468,14 +464,7 @@ def estimate_peak_bytes(
     # the end: alpha, then clamping to the trimap (two torch.where, each with its
     # zeros/ones and mask) and the 8-bit rule: 17 bytes per pixel
     finish = 17 * pixels
-    # autocast (2-byte activations) keeps a half-precision copy of every conv / linear weight it
-    # casts until the prediction ends (its cast cache): alive through every stage
-    cast_weights = 0
-    if dtype_bytes == 2:
-        cast_weights = dtype_bytes * sum(
-            p.numel() for m in net.modules() if isinstance(m, (nn.Linear, nn.Conv2d)) for p in m.parameters(recurse=False)
-        )
-    activations = inputs + cast_weights + max(backbone, decoder, finish)
+    activations = inputs + max(backbone, decoder, finish)
     # Allocator slack, temporaries the model misses, backend workspaces and one-off costs of
     # a first run (_MARGIN_BYTES; less where freed memory is released between blocks). Naive attention's N×N matrices are exact and get no
     # proportional margin: at 2048² they are 18 GiB, and a share of that would refuse images
@@ -486,7 +475,6 @@ def estimate_peak_bytes(
     return {
         "weights": weights,
         "inputs": inputs,
-        "cast_weights": cast_weights,
         "backbone": backbone,
         "decoder": decoder,
         "finish": finish,
@@ -615,15 +603,21 @@ class Predictor:
         self.channels_last = self.device.type == "cpu" and bool(getattr(self.net.decoder.matting_head, "fold_bn", False))
         self._cpu_auto_dtype: torch.dtype | None = None
         self._cpu_auto_resolved = False
-        # CPU: hand the freed heap back to the OS after every backbone block, after the
-        # backbone and after the decoder (release_free_memory, about a millisecond each).
-        # glibc keeps freed chunks resident and the next stage's buffers (other sizes) rarely
-        # fit in them, so the resident peak crept up block by block (MEMatte-S at 2048²,
-        # measured: the backbone's 380 MiB above the input became 232 MiB, at the same
-        # speed). Not after each decoder tile: the tiles reuse each other's chunks, and
-        # faulting the pages in again cost 7 % of the decoder's time. Not for the
-        # paper-faithful decoder, whose peak is the original code's.
+        # CPU: hand the freed heap back to the OS after the backbone and after the decoder
+        # (release_free_memory); for large images (a token map of 64 MiB or more) after every
+        # backbone block too. glibc keeps freed chunks resident, and the next stage's or
+        # block's buffers (other sizes) often do not fit in them, so the resident peak crept
+        # towards the sum of the stages (MEMatte-S, first call, measured: 2048² 323–339 MiB
+        # without, 249–259 with; 4096² 676–845 without, 593 with every block). Not after every
+        # block of smaller images: faulting the pages in again cost 12 % of the time at 1024².
+        # Not for the paper-faithful decoder, whose peak is the original code's.
         self.release_between_stages = releases_freed_memory(self.net, self.device.type)
+
+    def _token_map_bytes(self, height: int, width: int, batch: int) -> int:
+        """Bytes of one fp32 (B, N, C) token map of the backbone for an image of this size."""
+        hp, wp = padded_size(height, width, self.net.size_divisor, self.rules.padding)
+        patch = self.net.backbone.patch_size
+        return 4 * batch * (hp // patch) * (wp // patch) * self.net.backbone.embed_dim
 
     @property
     def autocast_dtype(self) -> torch.dtype | None:
@@ -727,8 +721,14 @@ class Predictor:
             # window by window (decoder): no full-resolution float copy of the image
             x = self.net.lazy_inputs(image, trimap, self.rules.padding)
             del image
-            with _released_after(self.net.backbone.blocks if self.release_between_stages else ()):
+            hooks = []
+            if self.release_between_stages and self._token_map_bytes(h, w, b) >= BLOCK_RELEASE_MIN_TOKEN_MAP_BYTES:
+                hooks = [block.register_forward_hook(_release_after_block) for block in self.net.backbone.blocks]
+            try:
                 backbone_out = self.net.backbone(x)
+            finally:
+                for hook in hooks:
+                    hook.remove()
             routing = backbone_out.routing
             if self.release_between_stages:
                 release_free_memory()
