@@ -108,6 +108,7 @@ def test_training_logs_panels_routing_maps_and_test_cost_to_wandb_and_files(make
     assert 0 <= summary["test"]["keep_ratio"] <= 1
 
 
+@pytest.mark.slow  # a profiled training run (~7 s); the full suite runs it
 def test_profiler_times_the_forward_pass_only(make_cfg, monkeypatch):
     """Latency is the net's forward per image (a 50 ms sleep in it shows up), not metric time."""
     from mematte.metrics import MattingMetrics

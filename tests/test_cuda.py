@@ -432,6 +432,7 @@ def test_gpu_check_bench_overrides_compose(tmp_path):
     assert cfg.point_timeout_s <= 120 and cfg.time_limit_s <= 120 and cfg.max_seconds <= 30
 
 
+@pytest.mark.slow  # bench workers in fresh processes (~8 s); the full suite runs it
 def test_gpu_check_bench_report_from_an_interrupted_run(tmp_path, monkeypatch):
     """The script's fallback: tables from the finished points; the rest as timeouts."""
     helper = tmp_path / "gpu_check_helpers.py"

@@ -101,6 +101,7 @@ def put_in_cache(hub: Path, repo_id: str, folder: Path, commit: str) -> None:
     (repo / "refs" / "main").write_text(commit)
 
 
+@pytest.mark.slow  # builds and saves several HF models (~8 s); the full suite runs it
 def test_hub_ids_both_directions_offline(make_cfg, tmp_path):
     """``ckpt_path=hustvl/...`` reads transformers' folder from the cache; transformers reads
     our export by hub id; a missing id says how to download it. HF_HUB_OFFLINE=1 throughout."""

@@ -78,6 +78,7 @@ def test_train_and_eval_entry_points_as_typed(tmp_path, monkeypatch):
     assert (run_dir / "eval" / "synthetic_test_inference-expected.json").is_file()
 
 
+@pytest.mark.slow  # a short training run (~8 s); the full suite runs it
 def test_short_training_moves_kept_ratio_toward_target(make_cfg):
     """BATR pulls the batch-average kept ratio from ~0.5 (fresh routers) toward 0.25."""
     cfg, _ = run_train(make_cfg, ["router=local_global", "ltrm=conv", "trainer.max_steps=30",
@@ -113,6 +114,7 @@ def vitmatte_ckpt(tmp_path_factory) -> Path:
     return out / "checkpoints" / "last.ckpt"
 
 
+@pytest.mark.slow  # two training runs (~5 s); the full suite runs it
 def test_distillation_from_teacher_checkpoint_and_resume(make_cfg, vitmatte_ckpt, tmp_path):
     run_dir = tmp_path / "student"
     common = ["model=mematte", f"teacher.ckpt={vitmatte_ckpt}", "test=false",
