@@ -40,7 +40,7 @@ from mematte.models.routed_block import INFERENCE_RULES, RoutedBlock
 from mematte.models.vit import RoutingInfo, ViT
 from mematte.models.winograd import runs_on as winograd_runs_on, scratch_elements
 from mematte.presets import encode_trimap, finish_alpha, inference_rules
-from mematte.profiling import read_status_bytes, release_free_memory
+from mematte.profiling import release_free_memory
 
 if TYPE_CHECKING:  # pragma: no cover
     from mematte.precision import GuardResult
@@ -466,9 +466,9 @@ def estimate_peak_bytes(
     finish = 17 * pixels
     activations = inputs + max(backbone, decoder, finish)
     # Allocator slack, temporaries the model misses, backend workspaces and one-off costs of
-    # a first run (_MARGIN_BYTES; less where freed memory is released between blocks). Naive attention's N×N matrices are exact and get no
-    # proportional margin: at 2048² they are 18 GiB, and a share of that would refuse images
-    # that fit.
+    # a first run (_MARGIN_BYTES; less where freed memory is released between stages). Naive
+    # attention's N×N matrices are exact and get no proportional margin: at 2048² they are
+    # 18 GiB, and a share of that would refuse images that fit.
     exact = dtype_bytes * matrix_elements if backbone >= max(decoder, finish) else 0
     fixed = _RELEASED_MARGIN_BYTES if releases_freed_memory(net, device_type) else _MARGIN_BYTES
     margin = int(_MARGIN_FRACTION * (activations - exact)) + fixed
@@ -607,10 +607,10 @@ class Predictor:
         # (release_free_memory); for large images (a token map of 64 MiB or more) after every
         # backbone block too. glibc keeps freed chunks resident, and the next stage's or
         # block's buffers (other sizes) often do not fit in them, so the resident peak crept
-        # towards the sum of the stages (MEMatte-S, first call, measured: 2048² 323–339 MiB
-        # without, 249–259 with; 4096² 676–845 without, 593 with every block). Not after every
-        # block of smaller images: faulting the pages in again cost 12 % of the time at 1024².
-        # Not for the paper-faithful decoder, whose peak is the original code's.
+        # towards the sum of the stages (MEMatte-S at 4096², first call, measured: 676–845 MiB
+        # without, 631 with). Not after every block of smaller images: faulting the pages in
+        # again cost 12 % of the time at 1024². Not for the paper-faithful decoder, whose peak
+        # is the original code's.
         self.release_between_stages = releases_freed_memory(self.net, self.device.type)
 
     def _token_map_bytes(self, height: int, width: int, batch: int) -> int:
