@@ -401,7 +401,7 @@ def run_benchmark(cfg: DictConfig) -> list[PointResult]:
     startup: dict[str, float] = {}
     if cfg.get("startup") and cfg.startup.model:
         startup = measure_startup(net_configs[str(cfg.startup.model)], Path(cfg.paths.root_dir),
-                                  repeats=int(cfg.startup.get("repeats", 3)))
+                                  repeats=startup_repeats(cfg))
         log.info("start-up: %s", ", ".join(f"{k} {v:.2f}" for k, v in startup.items()))
     write_reports(results, cfg, out_dir / name, budget, startup)
     append_markdown(out_dir / name, bf16_guard_notes(cfg, net_configs))
@@ -424,8 +424,17 @@ def _git_commit() -> str | None:
 
 
 # --------------------------------------------------------------------------- start-up
+STARTUP_REPEATS = 3
+
+
+def startup_repeats(cfg: DictConfig) -> int:
+    """Fresh processes per start-up command (``startup.repeats``, default :data:`STARTUP_REPEATS`)."""
+    return int((cfg.get("startup") or {}).get("repeats", STARTUP_REPEATS))
+
+
 def measure_startup(
-    net_config: dict[str, Any], root: Path, size: int = 512, timeout_s: float = 300, repeats: int = 3
+    net_config: dict[str, Any], root: Path, size: int = 512, timeout_s: float = 300,
+    repeats: int = STARTUP_REPEATS,
 ) -> dict[str, float]:
     """Wall seconds of ``predict.py --help`` and of a cold ``predict.py`` run on one image:
     the median of ``repeats`` fresh processes each (on a shared 2-core machine one start
@@ -742,8 +751,7 @@ def write_reports(
     write_csv(results, stem.with_suffix(".csv"))
     text = f"# Benchmark `{stem.name}`\n\n" + _environment_line() + "\n\n" + markdown_table(results, cfg, budget)
     if startup:
-        repeats = int((cfg.get("startup") or {}).get("repeats", 3))
-        text += (f"\nStart-up (fresh processes, wall seconds, median of {repeats}): "
+        text += (f"\nStart-up (fresh processes, wall seconds, median of {startup_repeats(cfg)}): "
                  + ", ".join(f"{k.removesuffix('_s').replace('_', ' ')} {v:.2f} s" for k, v in startup.items()) + ".\n")
     if cfg.get("targets"):
         text += ("\n## Targets\n\nEach checked on this run's points (ratios of points measured in the same "

@@ -281,10 +281,15 @@ def _release_after_block(*_: object) -> None:  # a hook that returned a value wo
     release_free_memory()
 
 
+def _lean_decoder_on_cpu(net: MattingNet, device_type: str) -> bool:
+    """A CPU run with the lean decoder (BatchNorm folded), not the paper-faithful one."""
+    return device_type == "cpu" and bool(getattr(net.decoder.matting_head, "fold_bn", False))
+
+
 def releases_freed_memory(net: MattingNet, device_type: str) -> bool:
     """Whether :class:`Predictor` hands freed heap back to the OS between its stages: on a
     CPU, with the lean decoder (not the paper-faithful one)."""
-    return device_type == "cpu" and bool(getattr(net.decoder.matting_head, "fold_bn", False))
+    return _lean_decoder_on_cpu(net, device_type)
 
 
 # --------------------------------------------------------------------------- routed blocks
@@ -600,7 +605,7 @@ class Predictor:
         self.guard: GuardResult | None = None
         # the decoder in channels-last on CPU (faster, same values to rounding); not for the
         # paper-faithful decoder (lean_inference=False), which keeps the original code's layout
-        self.channels_last = self.device.type == "cpu" and bool(getattr(self.net.decoder.matting_head, "fold_bn", False))
+        self.channels_last = _lean_decoder_on_cpu(self.net, self.device.type)
         self._cpu_auto_dtype: torch.dtype | None = None
         self._cpu_auto_resolved = False
         # CPU: hand the freed heap back to the OS after the backbone and after the decoder
