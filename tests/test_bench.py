@@ -138,6 +138,34 @@ def test_points_over_budget_or_time_limit_are_skipped_not_run(bench_cfg, tmp_pat
     assert "skipped: predicted" in md
 
 
+def test_bf16_models_are_skipped_on_a_cpu_without_native_bf16(bench_cfg, monkeypatch):
+    """Emulated bf16 (no avx512_bf16/amx_bf16) is not measured unless asked for: it is not the
+    case precision=bf16 serves, and the estimate does not model oneDNN's emulation buffers."""
+    started = []
+    monkeypatch.setattr("mematte.bench.measure", lambda spec, *a: started.append(spec) or PointResult(
+        spec.model, spec.height, spec.width, "ok", peak_bytes=1, latency_s=1.0))
+    with open_dict(bench_cfg):
+        bench_cfg.models.tiny_mematte.precision = "bf16"
+        bench_cfg.resume = False
+    monkeypatch.setattr("mematte.precision.cpu_bf16_supported", lambda: False)
+    results = run_benchmark(bench_cfg)
+    skipped = [r for r in results if r.model == "tiny_mematte"]
+    assert [r.status for r in skipped] == ["skipped", "skipped"]
+    assert all("no native bf16" in r.reason and r.estimate_bytes for r in skipped)
+    assert {s.model for s in started} == {"tiny_vitmatte"}
+    started.clear()
+    with open_dict(bench_cfg):
+        bench_cfg.measure_emulated_bf16 = True
+    results = run_benchmark(bench_cfg)
+    assert [s.precision for s in started if s.model == "tiny_mematte"] == ["bf16", "bf16"]
+    started.clear()
+    with open_dict(bench_cfg):
+        bench_cfg.measure_emulated_bf16 = False
+    monkeypatch.setattr("mematte.precision.cpu_bf16_supported", lambda: True)
+    run_benchmark(bench_cfg)
+    assert [s.precision for s in started if s.model == "tiny_mematte"] == ["bf16", "bf16"]
+
+
 def test_address_space_guard_turns_an_oversized_point_into_oom():
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         configs = model_net_configs(OmegaConf.create(TINY_MODELS))

@@ -123,6 +123,34 @@ def test_freed_memory_is_released_between_stages_on_cpu(monkeypatch):
     assert inference._RELEASED_MARGIN_BYTES < inference._MARGIN_BYTES
 
 
+def test_estimate_counts_the_heap_a_process_without_release_keeps(monkeypatch):
+    """On a CPU without release between stages (the paper-faithful decoder), the naive N×N
+    matrices and the decoder come on top of the heap earlier blocks left resident; with
+    release (or the same net counted as releasing) they come on top of the live tensors only."""
+    import mematte.inference as inference
+    from mematte.inference import _backbone_peak_elements
+
+    net = small_net(routed=True, attn_impl="naive")
+    net.decoder = DetailCapture(in_chans=48, convstream_out=(8, 16, 24), fusion_out=(32, 16, 8, 8),
+                                lean_inference=False).eval()
+    grid = (448 // 16, 448 // 16)
+    peak, matrices, heap = _backbone_peak_elements(net.backbone, grid, 1, 4, retains_heap=False)
+    kept_peak, kept_matrices, kept_heap = _backbone_peak_elements(net.backbone, grid, 1, 4, retains_heap=True)
+    assert matrices > 0 and kept_heap == heap
+    # window blocks (naive, all windows in one call) leave more heap than a routed block's
+    # gathered tokens take, so the routed block's K×K matrices stack on that heap
+    assert kept_peak == max(peak, heap + kept_matrices) > peak
+    faithful = estimate_peak_bytes(net, 448, 448)  # CPU, not releasing: retains the heap
+    monkeypatch.setattr(inference, "releases_freed_memory", lambda *_: True)
+    releasing = estimate_peak_bytes(net, 448, 448)
+    assert faithful["backbone"] == 4 * kept_peak and releasing["backbone"] == 4 * peak
+    assert faithful["decoder"] - releasing["decoder"] == 4 * heap
+    # on CUDA (the caching allocator's own accounting) nothing is retained
+    monkeypatch.setattr(inference, "releases_freed_memory", lambda *_: False)
+    cuda = estimate_peak_bytes(net, 448, 448, device_type="cuda")
+    assert cuda["backbone"] == 4 * peak
+
+
 def test_large_images_release_memory_after_every_block(monkeypatch):
     """Freed heap goes back after every backbone block once a token map reaches the threshold
     (the small net's 48 channels at 96×128 px: 48 tokens · 48 · 4 bytes = 9,216 bytes)."""

@@ -323,12 +323,21 @@ def _routed_tokens(block: RoutedBlock, n: int) -> int:
 
 
 def _backbone_peak_elements(
-    backbone: ViT, grid: tuple[int, int], batch: int, element_bytes: int = 4
-) -> tuple[int, int]:
+    backbone: ViT, grid: tuple[int, int], batch: int, element_bytes: int = 4, retains_heap: bool = False
+) -> tuple[int, int, int]:
     """Largest number of activation elements alive at once in the backbone (inference).
 
-    Returns ``(peak, matrices)``: the peak, and how much of it are the N×N (K×K) matrices of
-    naive attention (exactly known, so the estimate's proportional margin leaves them out).
+    Returns ``(peak, matrices, heap)``: the peak; how much of it are the N×N (K×K) matrices of
+    naive attention (exactly known, so the estimate's proportional margin leaves them out);
+    and the largest peak without those matrices, the heap the allocator may still hold when
+    the backbone ends.
+
+    ``retains_heap`` (a CPU process that does not hand freed memory back between blocks, as
+    the original code): glibc keeps what earlier blocks freed resident and the N×N matrices,
+    mappings of their own, come on top of it. Measured, MEMatte-S paper-faithful at 2048²:
+    every routed block peaked at the resident size before it plus its K×K matrices, and that
+    resident size crept from 235 to 411 MiB over the window blocks (their band, qkv and
+    attention buffers: up to 369 MiB modelled).
 
     Follows what the inference code allocates. With ``u = B·N·C`` (one token map), every
     block updates the residual stream ``x`` (u) in place (:meth:`~mematte.models.vit.Block.forward_lean`),
@@ -363,6 +372,7 @@ def _backbone_peak_elements(
     embed_tokens = min(hg, strip_rows) * wg * batch
     peak = u + embed_tokens * p * p * 13 * 4 // element_bytes
     peak = max(peak, 2 * u)  # the features' (B, C, h, w) copy next to x
+    heap = peak  # the largest peak without naive attention's matrices so far
     matrices_at_peak = 0
     for block in backbone.blocks:
         attn = block.attn
@@ -403,11 +413,15 @@ def _backbone_peak_elements(
         if block.residual is not None:
             rows = min(hg, max(1, -(-band_tokens // (batch * wg))))
             residual = (rows + 2) * wg * batch * 3 * c
-        block_peak = u + max(mixing, mlp, residual)
+        mixing_peak = u + mixing
+        if retains_heap and matrices:
+            mixing_peak = max(mixing_peak - matrices, heap) + matrices
+        block_peak = max(mixing_peak, u + mlp, u + residual)
         if block_peak > peak:
             peak = block_peak
-            matrices_at_peak = matrices if mixing >= max(mlp, residual) else 0
-    return peak, matrices_at_peak
+            matrices_at_peak = matrices if mixing_peak >= u + max(mlp, residual) else 0
+        heap = max(heap, u + max(mixing - matrices, mlp, residual))
+    return peak, matrices_at_peak, heap
 
 
 def estimate_peak_bytes(
@@ -439,7 +453,8 @@ def estimate_peak_bytes(
         Bytes per part: ``weights``, ``inputs`` (the encoded trimap; the image as given is
         the caller's), ``backbone`` (:func:`_backbone_peak_elements`), ``decoder`` (features,
         the alpha being filled, one tile, the Winograd-domain weights made on the first
-        call), ``finish`` (clamping the alpha), ``margin``, and
+        call; on a CPU without release between the stages also the heap the backbone left
+        resident), ``finish`` (clamping the alpha), ``margin``, and
         ``total`` = weights + inputs + max(backbone, decoder, finish) + margin. (Under
         ``torch.inference_mode`` autocast keeps no cast copies of the weights: measured.)
     """
@@ -453,7 +468,12 @@ def estimate_peak_bytes(
     # the encoded fp32 trimap, alive throughout (the image stays as given: the network input
     # is computed strip by strip and window by window, LazyInput)
     inputs = 4 * pixels
-    backbone_elements, matrix_elements = _backbone_peak_elements(net.backbone, grid, batch, dtype_bytes)
+    # without malloc_trim between the stages (the paper-faithful decoder, as the original
+    # code) the heap freed by earlier blocks and stages stays resident (_backbone_peak_elements)
+    released = releases_freed_memory(net, device_type)
+    retains_heap = device_type == "cpu" and not released
+    backbone_elements, matrix_elements, heap_elements = _backbone_peak_elements(
+        net.backbone, grid, batch, dtype_bytes, retains_heap)
     backbone = dtype_bytes * backbone_elements
     features = dtype_bytes * batch * c * grid[0] * grid[1]
     winograd = winograd_runs_on(device_type, dtype_bytes)
@@ -466,6 +486,11 @@ def estimate_peak_bytes(
     decoder = features + 4 * padded + batch * decoder_tile
     if winograd:
         decoder += 4 * net.decoder.winograd_weight_elements()
+    if retains_heap:
+        # the decoder's buffers come on top of the heap the backbone left resident. Measured,
+        # MEMatte-S paper-faithful at 1024²: 154 MiB resident before the decoder (about 22 MiB
+        # of it live tensors), and the peak came in the decoder
+        decoder += dtype_bytes * heap_elements
     # the end: alpha, then clamping to the trimap (two torch.where, each with its
     # zeros/ones and mask) and the 8-bit rule: 17 bytes per pixel
     finish = 17 * pixels
@@ -475,7 +500,7 @@ def estimate_peak_bytes(
     # attention's N×N matrices are exact and get no proportional margin: at 2048² they are
     # 18 GiB, and a share of that would refuse images that fit.
     exact = dtype_bytes * matrix_elements if backbone >= max(decoder, finish) else 0
-    fixed = _RELEASED_MARGIN_BYTES if releases_freed_memory(net, device_type) else _MARGIN_BYTES
+    fixed = _RELEASED_MARGIN_BYTES if released else _MARGIN_BYTES
     margin = int(_MARGIN_FRACTION * (activations - exact)) + fixed
     return {
         "weights": weights,
