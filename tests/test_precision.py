@@ -194,6 +194,21 @@ def test_explicit_precisions_skip_the_guard(monkeypatch):
     assert fp32.autocast_dtype is None and fp32.guard is None and bf16.guard is None
 
 
+def test_forced_bf16_on_a_cpu_without_it_warns(monkeypatch, caplog):
+    """precision=bf16 still runs where the CPU would emulate it, but says what it costs."""
+    net = small_net()
+    monkeypatch.setattr(precision, "cpu_bf16_supported", lambda: False)
+    with caplog.at_level("WARNING", logger="mematte"):
+        assert Predictor(net, precision="bf16", tile=64, context=64).autocast_dtype == torch.bfloat16
+    assert "without native bf16" in caplog.text and "precision=auto or fp32" in caplog.text
+    caplog.clear()
+    monkeypatch.setattr(precision, "cpu_bf16_supported", lambda: True)
+    with caplog.at_level("WARNING", logger="mematte"):
+        Predictor(net, precision="bf16", tile=64, context=64)
+        Predictor(net, precision="fp32", tile=64, context=64)
+    assert "native bf16" not in caplog.text
+
+
 @pytest.mark.parametrize(("value", "dtype"), [("0", None), ("1", torch.bfloat16)])
 def test_environment_switch(monkeypatch, value, dtype):
     monkeypatch.setenv(precision.AUTO_ENV, value)
