@@ -147,6 +147,7 @@ def test_bf16_models_are_skipped_on_a_cpu_without_native_bf16(bench_cfg, monkeyp
     with open_dict(bench_cfg):
         bench_cfg.models.tiny_mematte.precision = "bf16"
         bench_cfg.resume = False
+        bench_cfg.bf16_guard = False  # the accuracy guard is tested in test_precision
     monkeypatch.setattr("mematte.precision.cpu_bf16_supported", lambda: False)
     results = run_benchmark(bench_cfg)
     skipped = [r for r in results if r.model == "tiny_mematte"]
