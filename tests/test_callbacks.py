@@ -77,6 +77,37 @@ def test_cpu_peak_counts_memory_the_process_had_freed():
             del out
 
 
+@pytest.mark.skipif(not release_free_memory(), reason="needs glibc malloc_trim / mallopt")
+def test_tune_heap_keeps_freed_buffers_or_unmaps_them():
+    """reuse=True: a freed 48 MiB buffer stays resident (for the next one to reuse) until
+    release_free_memory; reuse=False: it is unmapped when freed (above 32 MiB)."""
+    from mematte.profiling import read_status_bytes, tune_heap
+
+    def rss() -> int:
+        value = read_status_bytes("VmRSS")
+        assert value is not None
+        return value
+
+    mib = 2**20
+    try:
+        assert tune_heap(reuse=True)
+        release_free_memory()
+        buffer = torch.ones(12 * mib)  # 48 MiB, touched
+        touched = rss()
+        del buffer
+        kept = rss()
+        assert touched - kept < 8 * mib
+        release_free_memory()
+        assert kept - rss() > 40 * mib
+        assert tune_heap(reuse=False)
+        buffer = torch.ones(12 * mib)
+        touched = rss()
+        del buffer
+        assert touched - rss() > 40 * mib
+    finally:
+        tune_heap(reuse=False)
+
+
 @pytest.mark.parametrize("kwargs", [{"num_images": -1}, {"every_n_validations": 0}, {"stages": "val"},
                                     {"stages": ["train"]}])
 def test_panel_and_profiler_options_are_checked(kwargs):

@@ -35,16 +35,21 @@ def test_lean_inference_equals_the_plain_pass(band_pixels, size):
 
 
 def test_bands_cover_every_row_once_with_context():
-    calls = []
+    calls, sides = [], []
 
-    def stage(x, detail):  # ×2 nearest upsample + detail rows, and records its input rows
+    def stage(x, detail, edges=(True,) * 4):  # ×2 nearest upsample + detail; records its input
         calls.append(x.shape[-2])
+        sides.append(edges)
         return x.repeat_interleave(2, dim=-2).repeat_interleave(2, dim=-1) + detail
 
     x, detail = torch.randn(1, 2, 10, 3), torch.randn(1, 2, 20, 6)
     out = in_row_bands(stage, x, detail, band_rows=4)
     torch.testing.assert_close(out, stage(x, detail))
     assert len(calls) == 1 + 5 and max(calls[:-1]) <= 2 + 2 * 3  # 2 rows per band + halo
+    # which sides of each band are borders of the whole input: the top two bands reach row 0
+    # (halo clipped), the bottom two the last row; the columns are whole
+    top, bottom = (True, False, True, True), (False, True, True, True)
+    assert sides[:-1] == [top, top, (False, False, True, True), bottom, bottom]
 
 
 def test_fold_batchnorm_is_conv_then_bn():

@@ -22,12 +22,15 @@ from mematte.models.router import LocalGlobalRouter
 from mematte.models.vit import ViT
 
 
-def small_net(routed: bool = False, attn_impl: str = "sdpa") -> MattingNet:
+def small_net(routed: bool = False, attn_impl: str = "sdpa", lean_decoder: bool = True) -> MattingNet:
+    """A 4-block ViT (two global blocks, routed or not) and a narrow decoder; ``lean_decoder``
+    False = the paper-faithful decoder (the original code's tensors and arithmetic)."""
     torch.manual_seed(0)
     block = functools.partial(RoutedBlock, router=LocalGlobalRouter, ltrm=ConvTokenRefiner) if routed else None
     backbone = ViT(embed_dim=48, depth=4, num_heads=3, window_size=4, global_block_indexes=(1, 3),
                    residual_block_indexes=(1, 3), rel_pos_grid=8, attn_impl=attn_impl, global_block=block)
-    decoder = DetailCapture(in_chans=48, convstream_out=(8, 16, 24), fusion_out=(32, 16, 8, 8))
+    decoder = DetailCapture(in_chans=48, convstream_out=(8, 16, 24), fusion_out=(32, 16, 8, 8),
+                            lean_inference=lean_decoder)
     for m in decoder.modules():  # non-trivial BatchNorm statistics
         if isinstance(m, torch.nn.BatchNorm2d):
             m.running_mean.uniform_(-0.2, 0.2)
@@ -109,9 +112,7 @@ def test_freed_memory_is_released_between_stages_on_cpu(monkeypatch):
     Predictor(net, precision="fp32")(image, trimap)
     assert len(calls) == 2  # after the backbone, after the decoder (token maps under the threshold)
     assert not any(block._forward_hooks for block in net.backbone.blocks)  # hooks removed
-    faithful = small_net()
-    faithful.decoder = DetailCapture(in_chans=48, convstream_out=(8, 16, 24), fusion_out=(32, 16, 8, 8),
-                                     lean_inference=False).eval()
+    faithful = small_net(lean_decoder=False)
     calls.clear()
     Predictor(faithful, precision="fp32")(image, trimap)
     assert calls == []
@@ -130,9 +131,7 @@ def test_estimate_counts_the_heap_a_process_without_release_keeps(monkeypatch):
     import mematte.inference as inference
     from mematte.inference import _backbone_peak_elements
 
-    net = small_net(routed=True, attn_impl="naive")
-    net.decoder = DetailCapture(in_chans=48, convstream_out=(8, 16, 24), fusion_out=(32, 16, 8, 8),
-                                lean_inference=False).eval()
+    net = small_net(routed=True, attn_impl="naive", lean_decoder=False)
     grid = (448 // 16, 448 // 16)
     peak, matrices, heap = _backbone_peak_elements(net.backbone, grid, 1, 4, retains_heap=False)
     kept_peak, kept_matrices, kept_heap = _backbone_peak_elements(net.backbone, grid, 1, 4, retains_heap=True)
@@ -156,17 +155,26 @@ def test_large_images_release_memory_after_every_block(monkeypatch):
     (the small net's 48 channels at 96×128 px: 48 tokens · 48 · 4 bytes = 9,216 bytes)."""
     import mematte.inference as inference
 
-    calls = []
+    calls, heap = [], []
     monkeypatch.setattr(inference, "release_free_memory", lambda: calls.append(1) or True)
+    monkeypatch.setattr(inference, "tune_heap", lambda reuse: heap.append(reuse) or True)
     monkeypatch.setattr(inference, "BLOCK_RELEASE_MIN_TOKEN_MAP_BYTES", 9216)
     net = small_net()
     image, trimap = sample(96, 128)
     Predictor(net, precision="fp32")(image, trimap)
     assert len(calls) == len(net.backbone.blocks) + 2
+    assert heap == [False]  # large buffers unmapped when freed
     assert not any(block._forward_hooks for block in net.backbone.blocks)  # hooks removed
     calls.clear()
+    heap.clear()
     Predictor(net, precision="fp32")(*sample(64, 128))  # 32 tokens: below
     assert len(calls) == 2
+    assert heap == [True]  # freed buffers reused between the release points
+    # the paper-faithful decoder keeps the process's allocator as it is
+    faithful = small_net(lean_decoder=False)
+    heap.clear()
+    Predictor(faithful, precision="fp32")(image, trimap)
+    assert heap == []
 
 
 def test_bad_options():

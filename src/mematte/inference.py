@@ -40,7 +40,7 @@ from mematte.models.routed_block import INFERENCE_RULES, RoutedBlock
 from mematte.models.vit import RoutingInfo, ViT
 from mematte.models.winograd import runs_on as winograd_runs_on, scratch_elements
 from mematte.presets import encode_trimap, finish_alpha, inference_rules
-from mematte.profiling import release_free_memory
+from mematte.profiling import release_free_memory, tune_heap
 
 if TYPE_CHECKING:  # pragma: no cover
     from mematte.precision import GuardResult
@@ -71,11 +71,15 @@ _MARGIN_BYTES = 64 * 1024**2
 # heap retained from an earlier stage (measured, lean models at 1024²: 29–46 MiB above the
 # modelled tensors, where 64 MiB made the estimate 24–36 % high)
 _RELEASED_MARGIN_BYTES = 16 * 1024**2
-# CPU inference: freed heap goes back to the OS after every backbone block when one token map
-# (B·N·C activations) is at least this large (Predictor.release_between_stages): about 1,700²
-# for ViT-S. MEMatte-S at 2048² (24 MiB maps), three fresh processes each way: 290–293 MiB
-# with, 279–356 MiB without, and no time cost measurable (25.3–27.6 s against 25.3–28.4 s)
-BLOCK_RELEASE_MIN_TOKEN_MAP_BYTES = 16 * 1024**2
+# CPU inference (Predictor.release_between_stages), by the size of one token map (B·N·C
+# activations): below this, glibc reuses freed buffers between the release points
+# (profiling.tune_heap(reuse=True)); from this size on (about 3,300² for ViT-S), large buffers
+# are unmapped when freed and freed heap goes back to the OS after every backbone block too.
+# Measured, MEMatte-S, one core, first call: at 2048² (24 MiB maps) 23.4 s and 250 MiB with
+# reuse, 26.0–26.5 s and 263–269 MiB releasing after every block; at 3072² 60.4 s / 466 MiB
+# against 62.9 s / 476 MiB; at 4096² (96 MiB maps) reuse grew the peak to 1,153 MiB, against
+# 567 MiB with release.
+BLOCK_RELEASE_MIN_TOKEN_MAP_BYTES = 64 * 1024**2
 
 
 def decoder_stride(decoder: DetailCapture) -> int:
@@ -228,7 +232,9 @@ def decoder_tile_peak_bytes(
       the logit and the sigmoid,
     * with ``winograd`` (fp32 CPU inference), the per-call buffers of each fusion conv that
       runs as a Winograd convolution (:func:`~mematte.models.winograd.scratch_elements`; its
-      zero-bordered input takes the concat's place).
+      zero-bordered input takes the concat's place); a block that runs as one conv at its
+      input's resolution (:mod:`mematte.models.upsample_conv`) holds that conv's input and
+      output and the depth-to-space copy instead of the upsampled map and the concat.
 
     Backend workspaces (cuDNN, im2col) and allocator rounding are not counted; the
     (B, 1, H, W) output of :func:`decode_tiled` is not included either.
@@ -265,15 +271,23 @@ def decoder_tile_peak_bytes(
             band = max(2, band_pixels // out_side // 2 * 2)
             if band < out_side:
                 rows = min(out_side, band + 4 * BAND_HALO)
-        per_row = (x_chans + (x_chans + detail_chans) + bn_copies * out_chans) * out_side
+        scratch = 0
+        if winograd and blk.phase_conv_eligible(detail_chans):
+            # one conv at the input resolution: its zero-bordered input (4·D + C channels on a
+            # quarter of the pixels), then its 4·C_out outputs beside their depth-to-space copy
+            phase_in, phase_out = blk.phase_conv_channels(detail_chans)
+            per_row = max(phase_in // 4 + out_chans, 2 * out_chans) * out_side
+            scratch = scratch_elements(phase_in, phase_out, math.ceil(rows / 8) * math.ceil(out_side / 8),
+                                       dtype_bytes)
+        else:
+            per_row = (x_chans + (x_chans + detail_chans) + bn_copies * out_chans) * out_side
+            if winograd and blk.conv.winograd_eligible:
+                scratch = scratch_elements(x_chans + detail_chans, out_chans,
+                                           math.ceil(rows / 4) * math.ceil(out_side / 4), dtype_bytes)
         if i == n - 1:  # the head runs on the same band, once up and concat are freed
             per_row = max(per_row, (out_chans + bn_copies * mid_chans + 2) * out_side)
         full_out = (1 if i == n - 1 else out_chans) * out_side**2 if rows < out_side else 0
         alive = feats + sum(levels[: n - i]) + x_chans * x_side**2
-        scratch = 0
-        if winograd and blk.conv.winograd_eligible:
-            scratch = scratch_elements(x_chans + detail_chans, out_chans,
-                                       math.ceil(rows / 4) * math.ceil(out_side / 4), dtype_bytes)
         peak = max(peak, alive + rows * per_row + full_out + scratch)
         x_chans, x_side = out_chans, out_side
     return int(peak * dtype_bytes)
@@ -643,13 +657,13 @@ class Predictor:
         self._cpu_auto_dtype: torch.dtype | None = None
         self._cpu_auto_resolved = False
         # CPU: hand the freed heap back to the OS after the backbone and after the decoder
-        # (release_free_memory); for large images (a token map of 16 MiB or more) after every
-        # backbone block too. glibc keeps freed chunks resident, and the next stage's or
-        # block's buffers (other sizes) often do not fit in them, so the resident peak crept
-        # towards the sum of the stages (MEMatte-S at 4096², first call, measured: 676–845 MiB
-        # without, 631 with). Not after every block of smaller images: faulting the pages in
-        # again cost 12 % of the time at 1024². Not for the paper-faithful decoder, whose peak
-        # is the original code's.
+        # (release_free_memory). In between, for images whose token map is under
+        # BLOCK_RELEASE_MIN_TOKEN_MAP_BYTES, glibc reuses freed buffers instead of unmapping
+        # them and faulting fresh pages in (profiling.tune_heap, process-wide); for larger
+        # ones, whose buffers do not fit the holes freed ones leave, large buffers are unmapped
+        # when freed and the heap is released after every backbone block too (MEMatte-S at
+        # 4096², first call, measured: 676–845 MiB without, 631 with). Not for the
+        # paper-faithful decoder, whose peak is the original code's.
         self.release_between_stages = releases_freed_memory(self.net, self.device.type)
 
     def _token_map_bytes(self, height: int, width: int, batch: int) -> int:
@@ -761,8 +775,11 @@ class Predictor:
             x = self.net.lazy_inputs(image, trimap, self.rules.padding)
             del image
             hooks = []
-            if self.release_between_stages and self._token_map_bytes(h, w, b) >= BLOCK_RELEASE_MIN_TOKEN_MAP_BYTES:
-                hooks = [block.register_forward_hook(_release_after_block) for block in self.net.backbone.blocks]
+            if self.release_between_stages:
+                large = self._token_map_bytes(h, w, b) >= BLOCK_RELEASE_MIN_TOKEN_MAP_BYTES
+                tune_heap(reuse=not large)
+                if large:
+                    hooks = [block.register_forward_hook(_release_after_block) for block in self.net.backbone.blocks]
             try:
                 backbone_out = self.net.backbone(x)
             finally:

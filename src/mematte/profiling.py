@@ -28,7 +28,9 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["read_status_bytes", "release_free_memory", "reset_peak_rss", "peak_rss_bytes", "PeakMemory"]
+__all__ = [
+    "read_status_bytes", "release_free_memory", "tune_heap", "reset_peak_rss", "peak_rss_bytes", "PeakMemory",
+]
 
 
 def read_status_bytes(field_name: str) -> int | None:
@@ -43,13 +45,56 @@ def read_status_bytes(field_name: str) -> int | None:
 
 
 @functools.cache
-def _malloc_trim() -> object | None:
-    """glibc's ``malloc_trim``, or None (musl, macOS, Windows)."""
+def _glibc_function(name: str) -> object | None:
+    """A function of glibc's malloc (``malloc_trim``, ``mallopt``), or None (musl, macOS,
+    Windows)."""
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return libc.malloc_trim
+        return getattr(libc, name)
     except (OSError, AttributeError):
         return None
+
+
+# glibc's mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+# tune_heap(reuse=True): allocations up to this size come from the heap, and it is not trimmed
+# automatically below this much free memory at its top
+REUSE_HEAP_BYTES = 1 << 30
+# tune_heap(reuse=False): glibc's own limits on 64-bit systems, where its adaptive thresholds
+# end up once large buffers have been freed (mmap from 32 MiB, trim at twice that)
+BOUNDED_MMAP_BYTES = 32 << 20
+BOUNDED_TRIM_BYTES = 64 << 20
+_heap_tuned = False  # whether tune_heap changed this process's allocator
+
+
+def tune_heap(reuse: bool) -> bool:
+    """Set how glibc hands freed memory back to the OS, for this whole process; False where
+    unsupported (the allocator is then unchanged).
+
+    * ``reuse=True``: allocations up to :data:`REUSE_HEAP_BYTES` come from the heap, not from
+      fresh ``mmap`` regions, and free heap is not trimmed automatically, so freed buffers are
+      reused by the next ones; memory goes back to the OS where :func:`release_free_memory`
+      is called. By default glibc unmaps every buffer above its adaptive mmap threshold when
+      it is freed and trims the heap top, and the next buffer of that size has its pages
+      faulted in and zeroed again. Measured, MEMatte-S at 2048² on one CPU core: 510,000 page
+      faults and 1.3 s of system time per image by default, 127,000 and 0.3 s with this,
+      about 10 % faster end to end, and a lower resident peak (250 against 263–269 MiB).
+    * ``reuse=False``: glibc's own steady-state limits (:data:`BOUNDED_MMAP_BYTES`,
+      :data:`BOUNDED_TRIM_BYTES`), so buffers larger than that are unmapped when freed. For
+      large images, whose buffers no longer fit the holes freed ones leave in the heap
+      (MEMatte-S at 4096²: 1,153 MiB resident peak with ``reuse=True``, 567 MiB with this).
+      Does nothing in a process where ``reuse=True`` was never set.
+    """
+    global _heap_tuned
+    if not reuse and not _heap_tuned:
+        return True
+    mallopt = _glibc_function("mallopt")
+    if mallopt is None:
+        return False
+    mmap_bytes, trim_bytes = (REUSE_HEAP_BYTES, REUSE_HEAP_BYTES) if reuse else (BOUNDED_MMAP_BYTES, BOUNDED_TRIM_BYTES)
+    _heap_tuned = True
+    return bool(mallopt(_M_MMAP_THRESHOLD, mmap_bytes)) and bool(mallopt(_M_TRIM_THRESHOLD, trim_bytes))
 
 
 def release_free_memory() -> bool:
@@ -58,7 +103,7 @@ def release_free_memory() -> bool:
     Afterwards the resident size is (nearly) what live objects use, so growth above it is
     memory a computation really needed.
     """
-    trim = _malloc_trim()
+    trim = _glibc_function("malloc_trim")
     if trim is None:
         return False
     trim(0)

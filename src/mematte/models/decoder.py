@@ -21,13 +21,20 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mematte.models.upsample_conv import depth_to_space, pack_phase_input, phase_conv_weight
 from mematte.models.winograd import (
+    MIN_CHANNEL_PRODUCT,
     PaddedInput,
     cached_winograd_weight,
     conv3x3_winograd_padded,
     conv_qualifies,
     input_qualifies,
 )
+
+# Which borders of a stage's input are borders of the whole input (top, bottom, left, right):
+# a band of rows from :func:`in_row_bands` has real borders only where it reaches the edge.
+Edges = tuple[bool, bool, bool, bool]
+ALL_EDGES: Edges = (True, True, True, True)
 
 
 class ConvBNReLU(nn.Module):
@@ -106,14 +113,30 @@ class ConvStream(nn.Module):
 
 
 class FusionBlock(nn.Module):
-    """Upsample ×2 (bilinear), concatenate a detail level, 3×3 conv + BN + ReLU."""
+    """Upsample ×2 (bilinear), concatenate a detail level, 3×3 conv + BN + ReLU.
+
+    At fp32 CPU inference a block whose conv is too narrow for a Winograd convolution at the
+    output resolution (the last one: 68 → 32) runs as one Winograd conv at the input's
+    resolution instead (:mod:`mematte.models.upsample_conv`: 80 → 128 for the last block,
+    3.4× fewer multiply-adds than the direct conv, and no full-resolution upsampled map or
+    concat); ``phase_conv = False`` turns that off.
+    """
 
     def __init__(self, in_chans: int, out_chans: int) -> None:
         super().__init__()
         self.conv = ConvBNReLU(in_chans, out_chans, stride=1)
+        self.phase_conv = True
 
-    def forward(self, x: Tensor, detail: Tensor) -> Tensor:
-        """x: (B, C, h, w), detail: (B, D, 2h, 2w) → (B, C_out, 2h, 2w)."""
+    def forward(self, x: Tensor, detail: Tensor, edges: Edges = ALL_EDGES) -> Tensor:
+        """x: (B, C, h, w), detail: (B, D, 2h, 2w) → (B, C_out, 2h, 2w).
+
+        Args:
+            edges: which sides of ``x`` are borders of the whole input (top, bottom, left,
+                right); a side that is not may be wrong in its outermost output row or column
+                (callers that pass False crop those rows, :func:`in_row_bands`).
+        """
+        if self.uses_phase_conv(x, detail):
+            return self._forward_phase_conv(x, detail, edges)
         up = F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
         if not self.conv.uses_winograd(up):
             return self.conv(torch.cat([detail, up], dim=1))
@@ -125,6 +148,65 @@ class FusionBlock(nn.Module):
         del up
         return self.conv.forward_padded(padded)
 
+    def phase_conv_channels(self, detail_chans: int) -> tuple[int, int]:
+        """(input, output) channels of the phase-form conv: (4·D + C, 4·C_out)."""
+        c_in = self.conv.conv.in_channels
+        return 4 * detail_chans + c_in - detail_chans, 4 * self.conv.conv.out_channels
+
+    def phase_conv_eligible(self, detail_chans: int) -> bool:
+        """Whether fp32 CPU inference runs this block as a phase-form Winograd conv: its own
+        conv is too narrow for Winograd, the phase form's is wide enough."""
+        conv = self.conv
+        if not (self.phase_conv and conv.winograd and conv.fold_bn) or conv.winograd_eligible:
+            return False
+        c = conv.conv
+        plain = c.kernel_size == (3, 3) and c.stride == (1, 1) and c.padding == (1, 1) and c.dilation == (1, 1) and c.groups == 1
+        c_in, c_out = self.phase_conv_channels(detail_chans)
+        return plain and c_in * c_out >= MIN_CHANNEL_PRODUCT
+
+    def uses_phase_conv(self, x: Tensor, detail: Tensor) -> bool:
+        """Whether inference on ``x`` and ``detail`` runs as a phase-form Winograd conv."""
+        return not self.training and input_qualifies(x) and self.phase_conv_eligible(detail.shape[1])
+
+    def _forward_phase_conv(self, x: Tensor, detail: Tensor, edges: Edges) -> Tensor:
+        """:meth:`forward` as a Winograd conv at the resolution of ``x`` (channels-last out)."""
+        b, c, h, w = x.shape
+        d = detail.shape[1]
+        conv, bn = self.conv.conv, self.conv.bn
+        sources = (conv.weight, bn.weight, bn.bias, bn.running_mean, bn.running_var)
+
+        def phase_weight_and_bias() -> tuple[Tensor, Tensor]:
+            weight, bias = fold_batchnorm(conv, bn)
+            return phase_conv_weight(weight, d), bias.repeat(4)
+
+        weight_t, bias = cached_winograd_weight(self, sources, phase_weight_and_bias)
+        padded = PaddedInput(x, b, 4 * d + c, h, w)
+        pack_phase_input(padded.buffer, x, detail)
+        y = conv3x3_winograd_padded(padded, weight_t, bias, relu=True)
+        del padded
+        out = depth_to_space(y, conv.out_channels)
+        del y
+        # the outermost rows/columns read the zero padding of the upsampled map, which the
+        # phase form (replicate-padded x) does not see: recompute them directly
+        top, bottom, left, right = edges
+        for keep, (r0, r1, c0, c1) in (
+            (top, (0, 1, 0, 2 * w)), (bottom, (2 * h - 1, 2 * h, 0, 2 * w)),
+            (left, (0, 2 * h, 0, 1)), (right, (0, 2 * h, 2 * w - 1, 2 * w)),
+        ):
+            if keep:
+                out[:, :, r0:r1, c0:c1] = self._direct_window(x, detail, r0, r1, c0, c1)
+        return out
+
+    def _direct_window(self, x: Tensor, detail: Tensor, r0: int, r1: int, c0: int, c1: int) -> Tensor:
+        """Output rows [r0, r1) and columns [c0, c1) of the block by the direct computation,
+        from the input pixels within :data:`BAND_HALO` of them (exact, see :func:`in_row_bands`)."""
+        h, w = x.shape[-2:]
+        lo, hi = max(0, r0 // 2 - BAND_HALO), min(h, r1 // 2 + BAND_HALO)
+        lo_c, hi_c = max(0, c0 // 2 - BAND_HALO), min(w, c1 // 2 + BAND_HALO)
+        up = F.interpolate(x[:, :, lo:hi, lo_c:hi_c], scale_factor=2.0, mode="bilinear", align_corners=False)
+        y = self.conv(torch.cat([detail[:, :, 2 * lo : 2 * hi, 2 * lo_c : 2 * hi_c], up], dim=1))
+        return y[:, :, r0 - 2 * lo : r1 - 2 * lo, c0 - 2 * lo_c : c1 - 2 * lo_c]
+
 
 # Input rows of context on each side of a band. Output rows [2·s0, 2·s1) of the head read
 # fusion rows ±1, which read upsampled rows ±1 more, i.e. [2·s0 − 2, 2·s1 + 2); upsampled row
@@ -135,7 +217,7 @@ BAND_HALO = 2
 
 
 def in_row_bands(
-    stage: Callable[[Tensor, Tensor], Tensor],
+    stage: Callable[[Tensor, Tensor, Edges], Tensor],
     x: Tensor,
     detail: Tensor,
     band_rows: int | None,
@@ -151,7 +233,9 @@ def in_row_bands(
     where the input has pixels, as the whole pass would.
 
     Args:
-        stage: maps x (B, C, h, w) and detail (B, D, 2h, 2w) to (B, C_out, 2h, 2w).
+        stage: maps x (B, C, h, w), detail (B, D, 2h, 2w) and which sides of x are borders
+            of the whole input (:data:`Edges`) to (B, C_out, 2h, 2w); it may be wrong in the
+            outermost output row or column of a side that is not.
         x: the stage input, (B, C, h, w), or the part of it from ``x_origin`` on that covers
             the region's input rows and columns (halved) plus :data:`BAND_HALO` on each side
             (clipped to the input).
@@ -167,7 +251,7 @@ def in_row_bands(
     h, w = detail.shape[-2] // 2, detail.shape[-1] // 2
     if region is None:
         if x_origin == (0, 0) and tuple(x.shape[-2:]) == (h, w) and (band_rows is None or band_rows >= 2 * h):
-            return stage(x, detail)
+            return stage(x, detail, ALL_EDGES)
         region = (0, 2 * h, 0, 2 * w)
     r0, r1, c0, c1 = region
     if min(region) < 0 or r1 > 2 * h or c1 > 2 * w or any(v % 2 for v in region):
@@ -183,7 +267,8 @@ def in_row_bands(
         if lo < oy or hi - oy > x.shape[-2] or lo_c < ox or hi_c - ox > x.shape[-1]:
             raise ValueError(f"x (origin {x_origin}, {tuple(x.shape[-2:])}) does not cover "
                              f"the input rows {lo}:{hi} and columns {lo_c}:{hi_c} of region {region}")
-        y = stage(x[:, :, lo - oy : hi - oy, lo_c - ox : hi_c - ox], detail[:, :, 2 * lo : 2 * hi, 2 * lo_c : 2 * hi_c])
+        y = stage(x[:, :, lo - oy : hi - oy, lo_c - ox : hi_c - ox], detail[:, :, 2 * lo : 2 * hi, 2 * lo_c : 2 * hi_c],
+                  (lo == 0, hi == h, lo_c == 0, hi_c == w))
         if out is None:  # in the stage's layout (channels-last on CPU, see Predictor)
             fmt = torch.channels_last if y.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
             out = torch.empty((*y.shape[:2], r1 - r0, c1 - c0), dtype=y.dtype, device=y.device, memory_format=fmt)
@@ -278,9 +363,16 @@ class DetailCapture(nn.Module):
 
     def winograd_weight_elements(self) -> int:
         """Elements of the Winograd-domain weights fp32 CPU inference keeps (36 per input/output
-        channel pair of every conv that runs as a Winograd convolution, 4× their weights)."""
-        return sum(36 * m.conv.in_channels * m.conv.out_channels
-                   for m in self.modules() if isinstance(m, ConvBNReLU) and m.winograd_eligible)
+        channel pair of every conv that runs as a Winograd convolution, 4× their weights; for
+        a block run in the phase form, of its phase-form conv)."""
+        total = sum(36 * m.conv.in_channels * m.conv.out_channels
+                    for m in self.modules() if isinstance(m, ConvBNReLU) and m.winograd_eligible)
+        details = self.convstream.conv_chans[::-1]  # the detail level each block fuses
+        for blk, d in zip(self.fusion_blks, details):
+            if blk.phase_conv_eligible(d):
+                c_in, c_out = blk.phase_conv_channels(d)
+                total += 36 * c_in * c_out
+        return total
 
     def forward(self, features: Tensor, images: Tensor,
                 region: tuple[int, int, int, int] | None = None) -> Tensor:
@@ -328,6 +420,6 @@ class DetailCapture(nn.Module):
             details[last - i] = None  # a level is no longer needed once fused
         return x
 
-    def _last_fusion_and_head(self, x: Tensor, detail: Tensor) -> Tensor:
+    def _last_fusion_and_head(self, x: Tensor, detail: Tensor, edges: Edges = ALL_EDGES) -> Tensor:
         """Last fusion block, head and sigmoid: (B, C, h, w), (B, 4, 2h, 2w) → (B, 1, 2h, 2w)."""
-        return torch.sigmoid(self.matting_head(self.fusion_blks[-1](x, detail)))
+        return torch.sigmoid(self.matting_head(self.fusion_blks[-1](x, detail, edges)))
