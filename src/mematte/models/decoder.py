@@ -23,7 +23,6 @@ from torch import Tensor, nn
 
 from mematte.models.upsample_conv import depth_to_space, pack_phase_input, phase_conv_weight
 from mematte.models.winograd import (
-    MIN_CHANNEL_PRODUCT,
     PaddedInput,
     cached_winograd_weight,
     conv3x3_winograd_padded,
@@ -66,12 +65,15 @@ class ConvBNReLU(nn.Module):
         """Whether inference on ``x`` runs as a Winograd convolution (:meth:`forward_padded`)."""
         return self.winograd_eligible and not self.training and input_qualifies(x)
 
+    def folded_sources(self) -> tuple[Tensor, ...]:
+        """The tensors the folded weight and bias derive from (keys of the Winograd caches)."""
+        bn = self.bn
+        return (self.conv.weight, bn.weight, bn.bias, bn.running_mean, bn.running_var)
+
     def forward_padded(self, padded: PaddedInput) -> Tensor:
         """Inference by Winograd F(4×4, 3×3) on an input written into ``padded``:
         (B, C_in, H, W) → (B, C_out, H, W), channels-last."""
-        bn = self.bn
-        sources = (self.conv.weight, bn.weight, bn.bias, bn.running_mean, bn.running_var)
-        weight_t, bias = cached_winograd_weight(self, sources, lambda: fold_batchnorm(self.conv, bn))
+        weight_t, bias = cached_winograd_weight(self, self.folded_sources(), lambda: fold_batchnorm(self.conv, self.bn))
         return conv3x3_winograd_padded(padded, weight_t, bias, relu=True)
 
 
@@ -137,6 +139,10 @@ class FusionBlock(nn.Module):
         """
         if self.uses_phase_conv(x, detail):
             return self._forward_phase_conv(x, detail, edges)
+        return self._forward_upsampled(x, detail)
+
+    def _forward_upsampled(self, x: Tensor, detail: Tensor) -> Tensor:
+        """:meth:`forward` as the block is defined: the upsampled map and the concat."""
         up = F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
         if not self.conv.uses_winograd(up):
             return self.conv(torch.cat([detail, up], dim=1))
@@ -159,10 +165,8 @@ class FusionBlock(nn.Module):
         conv = self.conv
         if not (self.phase_conv and conv.winograd and conv.fold_bn) or conv.winograd_eligible:
             return False
-        c = conv.conv
-        plain = c.kernel_size == (3, 3) and c.stride == (1, 1) and c.padding == (1, 1) and c.dilation == (1, 1) and c.groups == 1
         c_in, c_out = self.phase_conv_channels(detail_chans)
-        return plain and c_in * c_out >= MIN_CHANNEL_PRODUCT
+        return conv_qualifies(conv.conv, channel_product=c_in * c_out)
 
     def uses_phase_conv(self, x: Tensor, detail: Tensor) -> bool:
         """Whether inference on ``x`` and ``detail`` runs as a phase-form Winograd conv."""
@@ -173,13 +177,12 @@ class FusionBlock(nn.Module):
         b, c, h, w = x.shape
         d = detail.shape[1]
         conv, bn = self.conv.conv, self.conv.bn
-        sources = (conv.weight, bn.weight, bn.bias, bn.running_mean, bn.running_var)
 
         def phase_weight_and_bias() -> tuple[Tensor, Tensor]:
             weight, bias = fold_batchnorm(conv, bn)
             return phase_conv_weight(weight, d), bias.repeat(4)
 
-        weight_t, bias = cached_winograd_weight(self, sources, phase_weight_and_bias)
+        weight_t, bias = cached_winograd_weight(self, self.conv.folded_sources(), phase_weight_and_bias)
         padded = PaddedInput(x, b, 4 * d + c, h, w)
         pack_phase_input(padded.buffer, x, detail)
         y = conv3x3_winograd_padded(padded, weight_t, bias, relu=True)
@@ -187,24 +190,23 @@ class FusionBlock(nn.Module):
         out = depth_to_space(y, conv.out_channels)
         del y
         # the outermost rows/columns read the zero padding of the upsampled map, which the
-        # phase form (replicate-padded x) does not see: recompute them directly
+        # phase form (replicate-padded x) does not see: recompute them as the block is defined
         top, bottom, left, right = edges
         for keep, (r0, r1, c0, c1) in (
             (top, (0, 1, 0, 2 * w)), (bottom, (2 * h - 1, 2 * h, 0, 2 * w)),
             (left, (0, 2 * h, 0, 1)), (right, (0, 2 * h, 2 * w - 1, 2 * w)),
         ):
             if keep:
-                out[:, :, r0:r1, c0:c1] = self._direct_window(x, detail, r0, r1, c0, c1)
+                out[:, :, r0:r1, c0:c1] = self._upsampled_window(x, detail, r0, r1, c0, c1)
         return out
 
-    def _direct_window(self, x: Tensor, detail: Tensor, r0: int, r1: int, c0: int, c1: int) -> Tensor:
-        """Output rows [r0, r1) and columns [c0, c1) of the block by the direct computation,
-        from the input pixels within :data:`BAND_HALO` of them (exact, see :func:`in_row_bands`)."""
+    def _upsampled_window(self, x: Tensor, detail: Tensor, r0: int, r1: int, c0: int, c1: int) -> Tensor:
+        """Output rows [r0, r1) and columns [c0, c1) by :meth:`_forward_upsampled`, from the
+        input pixels within :data:`BAND_HALO` of them (exact, see :func:`in_row_bands`)."""
         h, w = x.shape[-2:]
         lo, hi = max(0, r0 // 2 - BAND_HALO), min(h, r1 // 2 + BAND_HALO)
         lo_c, hi_c = max(0, c0 // 2 - BAND_HALO), min(w, c1 // 2 + BAND_HALO)
-        up = F.interpolate(x[:, :, lo:hi, lo_c:hi_c], scale_factor=2.0, mode="bilinear", align_corners=False)
-        y = self.conv(torch.cat([detail[:, :, 2 * lo : 2 * hi, 2 * lo_c : 2 * hi_c], up], dim=1))
+        y = self._forward_upsampled(x[:, :, lo:hi, lo_c:hi_c], detail[:, :, 2 * lo : 2 * hi, 2 * lo_c : 2 * hi_c])
         return y[:, :, r0 - 2 * lo : r1 - 2 * lo, c0 - 2 * lo_c : c1 - 2 * lo_c]
 
 

@@ -122,15 +122,23 @@ def cached_winograd_weight(
     return cached[1], cached[2]
 
 
-def conv_qualifies(conv: nn.Conv2d) -> bool:
-    """Whether ``conv`` is a 3×3, stride-1, padding-1 conv wide enough for Winograd to gain."""
+def conv_qualifies(conv: nn.Conv2d, channel_product: int | None = None) -> bool:
+    """Whether ``conv`` is a 3×3, stride-1, padding-1 conv wide enough for Winograd to gain.
+
+    Args:
+        channel_product: input × output channels of the Winograd conv that will run in its
+            place, when that is not ``conv`` itself (a fusion block's phase form,
+            :mod:`mematte.models.upsample_conv`); None = ``conv``'s own.
+    """
+    if channel_product is None:
+        channel_product = conv.in_channels * conv.out_channels
     return (
         conv.kernel_size == (3, 3)
         and conv.stride == (1, 1)
         and conv.padding == (1, 1)
         and conv.dilation == (1, 1)
         and conv.groups == 1
-        and conv.in_channels * conv.out_channels >= MIN_CHANNEL_PRODUCT
+        and channel_product >= MIN_CHANNEL_PRODUCT
     )
 
 
