@@ -69,8 +69,12 @@ _MARGIN_FRACTION = 0.2
 _MARGIN_BYTES = 64 * 1024**2
 # the fixed part where freed memory is handed back between stages (releases_freed_memory): no
 # heap retained from an earlier stage (measured, lean models at 1024²: 29–46 MiB above the
-# modelled tensors, where 64 MiB made the estimate 24–36 % high)
-_RELEASED_MARGIN_BYTES = 16 * 1024**2
+# modelled tensors, where 64 MiB made the estimate 24–36 % high). 8 MiB since the backbone's
+# bands are 1,024 tokens (INFERENCE_CHUNK_TOKENS): over ten fresh-process peaks of the lean
+# ViTMatte-S and MEMatte-S at 1024²–6016×4872, measured / modelled activations was
+# 1.09–1.39, and 8 MiB centres the estimate in that range (worst +12.6 % / −10.6 %, against
+# +15.5 % / −7.7 % with 16 MiB)
+_RELEASED_MARGIN_BYTES = 8 * 1024**2
 # CPU inference (Predictor.release_between_stages), by the size of one token map (B·N·C
 # activations): below this, glibc reuses freed buffers between the release points
 # (profiling.tune_heap(reuse=True)); from this size on (about 3,300² for ViT-S), large buffers
@@ -402,7 +406,12 @@ def _backbone_peak_elements(
             gathered = batch * 8 * k * c
             if attn.attn_impl == "naive":
                 matrices = 2 * batch * heads * k * k
-            mixing = max(int(2.5 * u), u + ltrm_band, u + gathered + matrices)
+            # the router: on the whole map its LayerNorm, C-wide linear and concat (the
+            # original code); in chunks (Router.chunk_tokens) the kept local half of its
+            # embedding and one chunk's layers
+            router_chunk = getattr(block.router, "chunk_tokens", None)
+            router = int(2.5 * u) if router_chunk is None else u // 2 + 4 * batch * min(n, router_chunk) * c
+            mixing = max(router, u + ltrm_band, u + gathered + matrices)
         elif block.window_size > 0:
             s = block.window_size
             per_row = batch * math.ceil(wg / s)

@@ -239,6 +239,11 @@ class RoutedBlock(Block):
         self.inference = inference
         self.masked_softmax = masked_softmax
 
+    def set_chunk_tokens(self, chunk_tokens: int | None) -> None:
+        """As :meth:`Block.set_chunk_tokens`, and the router's passes too."""
+        super().set_chunk_tokens(chunk_tokens)
+        self.router.chunk_tokens = chunk_tokens
+
     def extra_repr(self) -> str:
         return (
             f"selection={self.selection}, keep_ratio={self.keep_ratio}, max_tokens="

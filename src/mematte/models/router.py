@@ -11,8 +11,12 @@ Module names of :class:`LocalGlobalRouter` follow the official MEMatte code
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 import torch
 from torch import Tensor, nn
+
+from mematte.models.layers import INFERENCE_CHUNK_TOKENS
 
 
 class Router(nn.Module):
@@ -24,9 +28,68 @@ class Router(nn.Module):
     """
 
     learned: bool = True
+    # inference (autograd off): tokens per pass of the per-token layers, so their C-wide
+    # outputs exist for that many tokens at a time, not for the whole (B, N, C) map; None = all
+    # at once. The ViT sets it from its chunk_tokens (RoutedBlock.set_chunk_tokens).
+    chunk_tokens: int | None = INFERENCE_CHUNK_TOKENS
 
     def forward(self, x: Tensor) -> Tensor:  # pragma: no cover - interface
         raise NotImplementedError
+
+    def token_chunks(self, n: int) -> list[slice]:
+        """The passes over N tokens: one slice while training or when N ≤ ``chunk_tokens``."""
+        step = self.chunk_tokens
+        if torch.is_grad_enabled() or step is None or n <= step:
+            return [slice(0, n)]
+        return [slice(s, min(s + step, n)) for s in range(0, n, step)]
+
+    def per_token(self, fn: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
+        """``fn(x)`` for a per-token ``fn`` ((B, n, C) → (B, n, D)), one chunk of tokens at a
+        time (:meth:`token_chunks`): the same values, with ``fn``'s temporaries for one chunk."""
+        chunks = self.token_chunks(x.shape[1])
+        if len(chunks) == 1:
+            return fn(x)
+        out: Tensor | None = None
+        for part in chunks:
+            y = fn(x[:, part])
+            if out is None:
+                out = y.new_empty((x.shape[0], x.shape[1], y.shape[-1]))
+            out[:, part] = y
+            del y
+        assert out is not None
+        return out
+
+
+def _embed_in_chunks(
+    in_conv: nn.Module, x: Tensor, chunks: Sequence[slice], keep: int
+) -> tuple[Tensor | None, Tensor]:
+    """Inference: ``h = in_conv(x)`` a chunk of tokens at a time, for routers that use ``h``'s
+    mean over the image's tokens.
+
+    Args:
+        in_conv: per-token (B, n, C) → (B, n, D).  x: (B, N, C).  chunks: token slices.
+        keep: the first ``keep`` channels of ``h`` are kept for every token (0: none).
+
+    Returns:
+        ``h[..., :keep]`` (B, N, keep) or None, and the mean over tokens of ``h[..., keep:]``
+        (B, 1, D − keep) in ``h``'s dtype (summed in fp32).
+    """
+    b, n, _ = x.shape
+    kept: Tensor | None = None
+    total: Tensor | None = None
+    dtype = x.dtype
+    for part in chunks:
+        h = in_conv(x[:, part])
+        if total is None:
+            total = torch.zeros((b, 1, h.shape[-1] - keep), dtype=torch.float32, device=h.device)
+            kept = h.new_empty((b, n, keep)) if keep else None
+            dtype = h.dtype
+        if kept is not None:
+            kept[:, part] = h[..., :keep]
+        total += h[..., keep:].sum(dim=1, keepdim=True, dtype=torch.float32)
+        del h
+    assert total is not None
+    return kept, (total / n).to(dtype)
 
 
 def _head(dim: int) -> nn.Sequential:
@@ -66,11 +129,18 @@ class LocalGlobalRouter(Router):
 
     def forward(self, x: Tensor) -> Tensor:
         """x: (B, N, C) → log-probs (B, N, 2)."""
-        h = self.in_conv(x)
-        half = h.shape[-1] // 2
-        local = h[..., :half]
-        context = h[..., half:].mean(dim=1, keepdim=True).expand(-1, h.shape[1], -1)
-        return self.out_conv(torch.cat([local, context], dim=-1))
+        chunks = self.token_chunks(x.shape[1])
+        if len(chunks) == 1:
+            h = self.in_conv(x)
+            half = h.shape[-1] // 2
+            local = h[..., :half]
+            context = h[..., half:].mean(dim=1, keepdim=True).expand(-1, h.shape[1], -1)
+            return self.out_conv(torch.cat([local, context], dim=-1))
+        # inference in chunks: the local half of h kept (B, N, C/2), the global half averaged
+        kept, context = _embed_in_chunks(self.in_conv, x, chunks, self.out_conv[0].in_features // 2)
+        assert kept is not None
+        return self.per_token(
+            lambda local: self.out_conv(torch.cat([local, context.expand(-1, local.shape[1], -1)], dim=-1)), kept)
 
 
 class LocalRouter(LocalGlobalRouter):
@@ -82,7 +152,7 @@ class LocalRouter(LocalGlobalRouter):
 
     def forward(self, x: Tensor) -> Tensor:
         """x: (B, N, C) → log-probs (B, N, 2)."""
-        return self.out_conv(self.in_conv(x))
+        return self.per_token(lambda t: self.out_conv(self.in_conv(t)), x)
 
 
 class SmallRouter(Router):
@@ -104,7 +174,7 @@ class SmallRouter(Router):
 
     def forward(self, x: Tensor) -> Tensor:
         """x: (B, N, C) → log-probs (B, N, 2)."""
-        return self.net(x)
+        return self.per_token(self.net, x)
 
 
 class TinyRouter(Router):
@@ -120,7 +190,7 @@ class TinyRouter(Router):
 
     def forward(self, x: Tensor) -> Tensor:
         """x: (B, N, C) → log-probs (B, N, 2)."""
-        return self.net(x)
+        return self.per_token(self.net, x)
 
 
 class SERouter(Router):
@@ -149,8 +219,15 @@ class SERouter(Router):
 
     def forward(self, x: Tensor) -> Tensor:
         """x: (B, N, C) → log-probs (B, N, 2)."""
-        h = self.in_conv(x)
-        return self.out_conv(h * self.gate(h.mean(dim=1, keepdim=True)))
+        chunks = self.token_chunks(x.shape[1])
+        if len(chunks) == 1:
+            h = self.in_conv(x)
+            return self.out_conv(h * self.gate(h.mean(dim=1, keepdim=True)))
+        # inference in chunks: h averaged in a first pass, then recomputed per chunk (one
+        # C-wide linear more, instead of keeping h for every token)
+        _, mean = _embed_in_chunks(self.in_conv, x, chunks, 0)
+        gate = self.gate(mean)
+        return self.per_token(lambda t: self.out_conv(self.in_conv(t) * gate), x)
 
 
 class RandomRouter(Router):

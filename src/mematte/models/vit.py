@@ -17,7 +17,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mematte.models.attention import Attention, AttentionImpl
-from mematte.models.layers import DropPath, LayerNorm2d, Mlp, resample_abs_pos_embed, trunc_normal_
+from mematte.models.layers import (
+    INFERENCE_CHUNK_TOKENS,
+    DropPath,
+    LayerNorm2d,
+    Mlp,
+    resample_abs_pos_embed,
+    trunc_normal_,
+)
 
 
 def window_partition(x: Tensor, window_size: int) -> tuple[Tensor, tuple[int, int]]:
@@ -176,7 +183,7 @@ class Block(nn.Module):
         self.window_size = window_size
         # inference: tokens per window-attention call (groups of windows; None = all windows
         # at once; settable at run time, ViT sets it from its chunk_tokens)
-        self.window_chunk_tokens: int | None = 4096
+        self.window_chunk_tokens: int | None = INFERENCE_CHUNK_TOKENS
         self.residual = ResBottleneck(dim) if use_residual_block else None
 
     def mix_tokens(self, x: Tensor) -> tuple[Tensor, RoutingInfo | None]:
@@ -197,6 +204,12 @@ class Block(nn.Module):
                     windows[start : start + group] = self.attn(windows[start : start + group])
             return window_unpartition(windows, self.window_size, padded, (h, w)), None
         return self.attn(y), None
+
+    def set_chunk_tokens(self, chunk_tokens: int | None) -> None:
+        """Tokens per pass of every inference branch (MLP chunks, window groups, conv bands);
+        None = everything at once, as the original code."""
+        self.mlp.chunk_tokens = chunk_tokens
+        self.window_chunk_tokens = chunk_tokens
 
     def window_group(self, num_windows: int) -> int:
         """Windows per attention call at inference: about ``window_chunk_tokens`` tokens."""
@@ -224,7 +237,8 @@ class Block(nn.Module):
     # ------------------------------------------------------------------ lean inference
     def band_tokens(self) -> int:
         """Tokens per band of the in-place inference branches (window rows, MLP chunks, conv
-        residual rows): ``window_chunk_tokens`` (4096 by default; None = everything at once)."""
+        residual rows): ``window_chunk_tokens`` (:data:`~mematte.models.layers.INFERENCE_CHUNK_TOKENS` by
+        default; None = everything at once)."""
         chunk = self.window_chunk_tokens if self.window_chunk_tokens is not None else self.mlp.chunk_tokens
         return chunk if chunk is not None else 1 << 62
 
@@ -324,10 +338,11 @@ class ViT(nn.Module):
         attn_impl: ``"sdpa"`` (fused kernels) or ``"naive"`` (paper-faithful N×N).
         global_block: factory for the blocks at ``global_block_indexes`` (MEMatte's routed
             block); ``None`` builds a plain global :class:`Block` (ViTMatte).
-        chunk_tokens: tokens per MLP pass and per window-attention call at inference (the
-            4×-wide MLP hidden layer and the windows' qkv for that many tokens at a time,
-            :class:`~mematte.models.layers.Mlp`, :meth:`Block.window_group`); None = all at
-            once, as the original code.
+        chunk_tokens: tokens per pass at inference: MLP chunks, window-attention calls,
+            router passes and conv row bands (the 4×-wide MLP hidden layer and the windows'
+            qkv for that many tokens at a time, :class:`~mematte.models.layers.Mlp`,
+            :meth:`Block.window_group`, :meth:`Block.set_chunk_tokens`); None = all at once,
+            as the original code.
     """
 
     def __init__(
@@ -349,7 +364,7 @@ class ViT(nn.Module):
         pretrain_use_cls_token: bool = True,
         attn_impl: AttentionImpl = "sdpa",
         global_block: GlobalBlockFactory | None = None,
-        chunk_tokens: int | None = 4096,
+        chunk_tokens: int | None = INFERENCE_CHUNK_TOKENS,
     ) -> None:
         super().__init__()
         bad = [i for i in (*global_block_indexes, *residual_block_indexes) if not 0 <= i < depth]
@@ -383,8 +398,7 @@ class ViT(nn.Module):
             )
             factory = global_block if (is_global and global_block is not None) else Block
             self.blocks.append(factory(**kwargs))
-            self.blocks[-1].mlp.chunk_tokens = chunk_tokens
-            self.blocks[-1].window_chunk_tokens = chunk_tokens
+            self.blocks[-1].set_chunk_tokens(chunk_tokens)
         trunc_normal_(self.pos_embed, std=0.02)
         self.apply(self._init_weights)
 
