@@ -72,8 +72,8 @@ _MARGIN_BYTES = 64 * 1024**2
 # modelled tensors, where 64 MiB made the estimate 24–36 % high). 8 MiB since the backbone's
 # bands are 1,024 tokens (INFERENCE_CHUNK_TOKENS): over ten fresh-process peaks of the lean
 # ViTMatte-S and MEMatte-S at 1024²–6016×4872, measured / modelled activations was
-# 1.09–1.39, and 8 MiB centres the estimate in that range (worst +12.6 % / −10.6 %, against
-# +15.5 % / −7.7 % with 16 MiB)
+# 1.09–1.39, and 8 MiB centres the estimate in that range (on those peaks, worst +12.6 % /
+# −10.6 %, against +15.5 % / −7.7 % with 16 MiB)
 _RELEASED_MARGIN_BYTES = 8 * 1024**2
 # CPU inference (Predictor.release_between_stages), by the size of one token map (B·N·C
 # activations): below this, glibc reuses freed buffers between the release points

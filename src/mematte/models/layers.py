@@ -21,7 +21,8 @@ from torch import Tensor, nn
 # router passes, row bands of the convs). Small enough that every band temporary is a few MiB:
 # glibc then reuses the holes freed bands leave, where 4096-token bands (up to 24 MiB each)
 # fragmented the heap. Measured, MEMatte-S at 2048², one core, first call in fresh processes:
-# 241–268 MiB peak with 1024, 248–378 MiB with 4096, and no measurable difference in time.
+# 239–268 MiB peak with 1024 (eleven runs), 248–378 MiB with 4096 (nine), and no difference in
+# time that this machine resolves (docs/benchmark.md).
 INFERENCE_CHUNK_TOKENS = 1024
 
 __all__ = ["DropPath", "LayerNorm2d", "Mlp", "act_", "resample_abs_pos_embed", "trunc_normal_"]
