@@ -12,6 +12,7 @@ chunks of tokens, so its 4×-wide hidden layer never exists for the whole image 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -25,7 +26,16 @@ from torch import Tensor, nn
 # time that this machine resolves (docs/benchmark.md).
 INFERENCE_CHUNK_TOKENS = 1024
 
-__all__ = ["DropPath", "LayerNorm2d", "Mlp", "act_", "resample_abs_pos_embed", "trunc_normal_"]
+__all__ = [
+    "DropPath",
+    "INFERENCE_CHUNK_TOKENS",
+    "LayerNorm2d",
+    "Mlp",
+    "act_",
+    "in_token_chunks",
+    "resample_abs_pos_embed",
+    "trunc_normal_",
+]
 
 def trunc_normal_(tensor: Tensor, mean: float = 0.0, std: float = 1.0, a: float = -2.0, b: float = 2.0) -> Tensor:
     """timm's ``trunc_normal_`` (absolute bounds ``a``, ``b``): torch's initialiser, which is
@@ -103,15 +113,30 @@ class Mlp(nn.Module):
         if self.chunk_tokens is None or tokens <= self.chunk_tokens:
             return self.fc2(self._hidden(x))
         flat = x.reshape(tokens, x.shape[-1])
-        out = flat.new_empty((tokens, self.fc2.out_features))
-        for start in range(0, tokens, self.chunk_tokens):
-            part = slice(start, start + self.chunk_tokens)
-            out[part] = self.fc2(self._hidden(flat[part]))
+        out = in_token_chunks(lambda part: self.fc2(self._hidden(part)), flat, self.chunk_tokens)
         return out.view(*x.shape[:-1], self.fc2.out_features)
 
     def _hidden(self, x: Tensor) -> Tensor:
         """Inference: ``act(fc1(x))``, the GELU applied in place (one hidden buffer, not two)."""
         return act_(self.act, self.fc1(x))
+
+
+def in_token_chunks(fn: Callable[[Tensor], Tensor], x: Tensor, chunk_tokens: int | None) -> Tensor:
+    """``fn(x)`` for a per-token ``fn`` ((..., n, C) → (..., n, D)), ``chunk_tokens`` tokens
+    of the second-to-last axis at a time: the same values, with ``fn``'s temporaries for one
+    chunk. None, or no more tokens than that: one call."""
+    n = x.shape[-2]
+    if chunk_tokens is None or n <= chunk_tokens:
+        return fn(x)
+    out: Tensor | None = None
+    for start in range(0, n, chunk_tokens):
+        y = fn(x[..., start : start + chunk_tokens, :])
+        if out is None:
+            out = y.new_empty((*x.shape[:-1], y.shape[-1]))
+        out[..., start : start + chunk_tokens, :] = y
+        del y
+    assert out is not None
+    return out
 
 
 def act_(act: nn.Module, x: Tensor) -> Tensor:

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from mematte.models.layers import INFERENCE_CHUNK_TOKENS
+from mematte.models.layers import INFERENCE_CHUNK_TOKENS, in_token_chunks
 
 
 class Router(nn.Module):
@@ -44,20 +44,10 @@ class Router(nn.Module):
         return [slice(s, min(s + step, n)) for s in range(0, n, step)]
 
     def per_token(self, fn: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
-        """``fn(x)`` for a per-token ``fn`` ((B, n, C) → (B, n, D)), one chunk of tokens at a
-        time (:meth:`token_chunks`): the same values, with ``fn``'s temporaries for one chunk."""
-        chunks = self.token_chunks(x.shape[1])
-        if len(chunks) == 1:
-            return fn(x)
-        out: Tensor | None = None
-        for part in chunks:
-            y = fn(x[:, part])
-            if out is None:
-                out = y.new_empty((x.shape[0], x.shape[1], y.shape[-1]))
-            out[:, part] = y
-            del y
-        assert out is not None
-        return out
+        """``fn(x)`` for a per-token ``fn`` ((B, n, C) → (B, n, D)), ``chunk_tokens`` tokens at
+        a time at inference, one call while training
+        (:func:`~mematte.models.layers.in_token_chunks`)."""
+        return in_token_chunks(fn, x, None if torch.is_grad_enabled() else self.chunk_tokens)
 
 
 def _embed_in_chunks(
@@ -137,7 +127,7 @@ class LocalGlobalRouter(Router):
             context = h[..., half:].mean(dim=1, keepdim=True).expand(-1, h.shape[1], -1)
             return self.out_conv(torch.cat([local, context], dim=-1))
         # inference in chunks: the local half of h kept (B, N, C/2), the global half averaged
-        kept, context = _embed_in_chunks(self.in_conv, x, chunks, self.out_conv[0].in_features // 2)
+        kept, context = _embed_in_chunks(self.in_conv, x, chunks, self.in_conv[1].out_features // 2)
         assert kept is not None
         return self.per_token(
             lambda local: self.out_conv(torch.cat([local, context.expand(-1, local.shape[1], -1)], dim=-1)), kept)
