@@ -110,3 +110,44 @@ def test_backbone_inference_in_token_chunks_equals_the_original_schedule():
         ours, ref = chunked(x).features, original(x).features
     torch.testing.assert_close(ours, ref, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(chunked(x).features, ours, atol=1e-4, rtol=1e-4)  # autograd path
+
+
+@pytest.mark.parametrize("impl", ["sdpa", "naive"])
+@pytest.mark.parametrize("use_rel_pos", [True, False])
+@pytest.mark.parametrize("query_rows", [1, 3, 7])
+def test_attend_for_the_first_query_rows_is_a_slice_of_every_row(impl, use_rel_pos, query_rows):
+    """Only the queries of a window's real rows (all keys still count): the first rows of
+    the whole result, for every chunking of the rel-pos SDPA path."""
+    torch.manual_seed(0)
+    attn = Attention(32, num_heads=2, use_rel_pos=use_rel_pos, rel_pos_grid=7, attn_impl=impl)
+    attn.init_rel_pos()
+    q, k, v = _qkv(6, (7, 7), 16)
+    for chunk_bytes in (4, 64 * 1024**2):  # one grid row per call; everything in one call
+        attn.mask_chunk_bytes = chunk_bytes
+        with torch.inference_mode():
+            whole = attn.attend(q, k, v, (7, 7))
+            first = attn.attend(q, k, v, (7, 7), query_rows=query_rows)
+        assert first.shape == (6, query_rows * 7, 16)
+        torch.testing.assert_close(first, whole[:, : query_rows * 7], atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("qkv_bias", [True, False])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_window_strips_on_real_tokens_equal_the_padded_windows(qkv_bias, batch):
+    """The lean window attention (qkv and projection on real tokens, padding filled with the
+    qkv bias, padded query rows skipped) equals zero-padding and partitioning the grid."""
+    from mematte.models.vit import Block
+
+    torch.manual_seed(0)
+    blk = Block(32, num_heads=2, window_size=7, use_rel_pos=True, qkv_bias=qkv_bias).eval()
+    blk.attn.init_rel_pos()
+    if qkv_bias:
+        torch.nn.init.normal_(blk.attn.qkv.bias)
+    x = torch.randn(batch, 16, 19, 32)  # 3×3 windows of 7, the last row and column padded
+    with torch.enable_grad():
+        mixed, _ = blk.mix_tokens(x)
+    for chunk in (49, 2 * 49, 100 * 49):  # one window per call, two, a whole row of windows
+        blk.window_chunk_tokens = chunk
+        with torch.inference_mode():
+            lean, _ = blk.mix_into(x.clone())
+        torch.testing.assert_close(lean, x + mixed.detach(), atol=1e-5, rtol=1e-5)

@@ -25,7 +25,7 @@ def random_decoder(**kw) -> DetailCapture:
 @pytest.mark.parametrize("band_pixels", [None, 1, 500, 3000, 10**7])
 @pytest.mark.parametrize("size", [(144, 112), (80, 208)])
 def test_lean_inference_equals_the_plain_pass(band_pixels, size):
-    dec = random_decoder(band_pixels=band_pixels)
+    dec = random_decoder(band_pixels=band_pixels, min_band_rows=2)  # many bands on small images
     features = torch.randn(1, 32, size[0] // 16, size[1] // 16)
     images = torch.randn(1, 4, *size)
     plain = dec(features, images)  # autograd on: the unfolded, unbanded modules
@@ -95,3 +95,33 @@ def test_predictor_picks_its_tile_from_the_budget():
     assert tight.estimate(*size)["total"] <= budget
     assert Predictor(net, tile="auto", memory_budget_gb=1e-3).choose_tile(*size) == AUTO_TILES[-1]
     assert Predictor(net, tile=256).choose_tile(*size) == 256
+
+
+def test_bands_are_at_least_min_band_rows_high():
+    """A band recomputes 8 output rows of context; a wide stage still gets 64-row bands (the
+    estimate sizes them the same way), and min_band_rows=2 gives back the pixel rule."""
+    from mematte.models.decoder import MIN_BAND_ROWS, band_rows
+
+    assert band_rows(None, 512) is None
+    assert band_rows(16384, 520) == MIN_BAND_ROWS == 64  # 31 rows by pixels alone
+    assert band_rows(16384, 128) == 128
+    assert band_rows(16384, 520, min_rows=2) == 30
+    dec = random_decoder()
+    seen = []
+    stage = dec._last_fusion_and_head
+
+    def record(x, detail, edges):
+        seen.append(detail.shape[-2])
+        return stage(x, detail, edges)
+
+    dec._last_fusion_and_head = record
+    features, images = torch.randn(1, 32, 16, 32), torch.randn(1, 4, 256, 512)
+    with torch.inference_mode():
+        dec(features, images)
+    # 256 output rows in 64-row bands: 4 calls of at most 64 + 8 context rows
+    assert len(seen) == 4 and max(seen) <= 64 + 8
+    # the ViTMatte-S decoder on a 2048-px tile: its last stage's 64-row band is the peak
+    full = DetailCapture()
+    tall = decoder_tile_peak_bytes(full, 2048, 32, 384, winograd=True)
+    full.min_band_rows = 2
+    assert decoder_tile_peak_bytes(full, 2048, 32, 384, winograd=True) < tall

@@ -160,6 +160,7 @@ def test_predictor_official_preset_is_the_official_script(make_cfg, routed):
     if routed:
         assert all(net.backbone.blocks[i].max_tokens == 18_500 for i in net.backbone.routed_block_indexes)
     assert not net.decoder.winograd  # direct convolutions, the official code's arithmetic
+    assert not net.backbone.winograd
     # tiled decoding with context is exact: at most a level where truncation sits on an edge
     tiled = Predictor(net, tile=32, context=32, preset="official")
     got_tiled = tiled(torch.from_numpy(image).permute(2, 0, 1), torch.from_numpy(trimap)).alpha[0, 0]

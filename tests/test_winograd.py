@@ -174,7 +174,7 @@ def test_decoder_region_equals_the_crop_of_the_whole_output(region):
     """The fine stages computed for a region only give that crop of the whole output: any
     halo too small (rows or columns, inside or at the border) would change border pixels."""
     dec = vitmatte_decoder()
-    dec.band_pixels = 1024  # several bands per stage
+    dec.band_pixels, dec.min_band_rows = 1024, 2  # several bands per stage
     features, images = decoder_inputs(2, 96, 128)
     r0, r1, c0, c1 = region
     with torch.inference_mode():

@@ -34,11 +34,11 @@ from typing import TYPE_CHECKING, Literal
 import torch
 from torch import Tensor, nn
 
-from mematte.models.decoder import BAND_HALO, DetailCapture
+from mematte.models.decoder import BAND_HALO, DetailCapture, band_rows
 from mematte.models.matting_net import LazyInput, MattingNet, as_tensor, crop_input, padded_size
 from mematte.models.routed_block import INFERENCE_RULES, RoutedBlock
-from mematte.models.vit import RoutingInfo, ViT
-from mematte.models.winograd import runs_on as winograd_runs_on, scratch_elements
+from mematte.models.vit import ResBottleneck, RoutingInfo, ViT
+from mematte.models.winograd import conv_qualifies, runs_on as winograd_runs_on, scratch_elements
 from mematte.presets import encode_trimap, finish_alpha, inference_rules
 from mematte.profiling import release_free_memory, tune_heap
 
@@ -271,10 +271,9 @@ def decoder_tile_peak_bytes(
         detail_chans = conv_chans[n - i - 1]
         out_chans = blk.conv.conv.out_channels
         rows = out_side  # output rows computed at once
-        if band_pixels is not None:
-            band = max(2, band_pixels // out_side // 2 * 2)
-            if band < out_side:
-                rows = min(out_side, band + 4 * BAND_HALO)
+        band = band_rows(band_pixels, out_side, decoder.min_band_rows)
+        if band is not None and band < out_side:
+            rows = min(out_side, band + 4 * BAND_HALO)
         scratch = 0
         if winograd and blk.phase_conv_eligible(detail_chans):
             # one conv at the input resolution: its zero-bordered input (4·D + C channels on a
@@ -342,8 +341,26 @@ def _routed_tokens(block: RoutedBlock, n: int) -> int:
     return k
 
 
+def _residual_band_elements(residual: ResBottleneck, rows: int, width: int, batch: int, winograd: bool) -> int:
+    """Elements a conv residual's banded inference (:meth:`~mematte.models.vit.ResBottleneck.add_into`)
+    holds besides the grid: this band's and the next band's C/2-wide rows, the 3×3 conv's
+    input and output, then its LayerNorm and GELU and the C-wide 1×1 conv and LayerNorm
+    (about 4.5·C per token of a band), plus the Winograd conv's buffers where ``winograd``
+    (fp32 on a CPU, :func:`~mematte.models.winograd.runs_on`) and the block allows it."""
+    c = residual.conv3.out_channels
+    mid = residual.conv2.in_channels
+    winograd = winograd and residual.winograd and conv_qualifies(residual.conv2)
+    if winograd:
+        rows = 4 * -(-rows // 4)
+    elements = rows * width * batch * (5 * mid + 2 * c)
+    if winograd:
+        elements += scratch_elements(mid, mid, batch * -(-rows // 4) * -(-width // 4))
+    return elements
+
+
 def _backbone_peak_elements(
-    backbone: ViT, grid: tuple[int, int], batch: int, element_bytes: int = 4, retains_heap: bool = False
+    backbone: ViT, grid: tuple[int, int], batch: int, element_bytes: int = 4, retains_heap: bool = False,
+    winograd: bool = False,
 ) -> tuple[int, int, int]:
     """Largest number of activation elements alive at once in the backbone (inference).
 
@@ -357,13 +374,17 @@ def _backbone_peak_elements(
     mappings of their own, come on top of it. Measured, MEMatte-S paper-faithful at 2048²:
     every routed block peaked at the resident size before it plus its K×K matrices, and that
     resident size crept from 235 to 411 MiB over the window blocks (their band, qkv and
-    attention buffers: up to 369 MiB modelled).
+    attention buffers: up to 369 MiB modelled). ``winograd``: the conv residuals' 3×3 convs
+    run as Winograd convolutions (fp32 on a CPU) and hold their buffers.
 
     Follows what the inference code allocates. With ``u = B·N·C`` (one token map), every
     block updates the residual stream ``x`` (u) in place (:meth:`~mematte.models.vit.Block.forward_lean`),
     so besides ``x`` a block holds:
 
-    * window attention: one band of whole window rows (its LayerNorm, zero-padded and
+    * window attention in strips (:meth:`~mematte.models.vit.Block.window_strip_attention`):
+      one strip's padded qkv windows and their head split, then the rel-pos mask of one
+      chunk; without token chunks or with naive attention (the original code's tensors):
+      one band of whole window rows (its LayerNorm, zero-padded and
       partitioned copies, later the unpartitioned update: 3 band maps) and, per call of
       ``window_group`` windows, qkv, its head split, the attention output, the merged heads
       and the projection (9·C per token) plus the rel-pos mask of one chunk
@@ -376,7 +397,7 @@ def _backbone_peak_elements(
       tokens (gathered, normalised, qkv, head split: 8·K·C per image), plus K×K matrices
       on the naive path;
     * the MLP: one chunk of tokens (LayerNorm, hidden layer with GELU in place, output);
-    * the conv residual: two bands' updates and one band's C/2-wide layers;
+    * the conv residual: :func:`_residual_band_elements` (the whole map's layers without bands);
     * the end: the (B, C, h, w) feature copy next to ``x`` (2u); the start: the token map
       and one strip of the embedded input (normalised and concatenated, fp32).
     """
@@ -412,6 +433,14 @@ def _backbone_peak_elements(
             router_chunk = getattr(block.router, "chunk_tokens", None)
             router = int(2.5 * u) if router_chunk is None else u // 2 + 4 * batch * min(n, router_chunk) * c
             mixing = max(router, u + ltrm_band, u + gathered + matrices)
+        elif block.uses_window_strips():
+            # one strip of windows at a time: its padded qkv windows and their head split (6·C
+            # per window token), then q, k, v, the output and the rel-pos mask of one chunk
+            s = block.window_size
+            strip = batch * block.strip_windows(batch, hg, wg)  # windows per call
+            mixing = 6 * strip * s * s * c
+            if attn.use_rel_pos:
+                mixing += attn.rel_pos_peak_elements(strip * heads, (s, s), element_bytes)
         elif block.window_size > 0:
             s = block.window_size
             per_row = batch * math.ceil(wg / s)
@@ -437,7 +466,10 @@ def _backbone_peak_elements(
         residual = 0
         if block.residual is not None:
             rows = min(hg, max(1, -(-band_tokens // (batch * wg))))
-            residual = (rows + 2) * wg * batch * 3 * c
+            if rows >= hg:  # one band: the branch as defined, each layer's whole map
+                residual = 3 * u
+            else:
+                residual = _residual_band_elements(block.residual, rows, wg, batch, winograd)
         mixing_peak = u + mixing
         if retains_heap and matrices:
             mixing_peak = max(mixing_peak - matrices, heap) + matrices
@@ -497,11 +529,11 @@ def estimate_peak_bytes(
     # code) the heap freed by earlier blocks and stages stays resident (_backbone_peak_elements)
     released = releases_freed_memory(net, device_type)
     retains_heap = device_type == "cpu" and not released
+    winograd = winograd_runs_on(device_type, dtype_bytes)
     backbone_elements, matrix_elements, heap_elements = _backbone_peak_elements(
-        net.backbone, grid, batch, dtype_bytes, retains_heap)
+        net.backbone, grid, batch, dtype_bytes, retains_heap, winograd)
     backbone = dtype_bytes * backbone_elements
     features = dtype_bytes * batch * c * grid[0] * grid[1]
-    winograd = winograd_runs_on(device_type, dtype_bytes)
     if tile is not None and (hp > tile or wp > tile):  # decode_tiled: one window of tile + context at a time
         decoder_tile = decoder_tile_peak_bytes(net.decoder, tile, context, c, dtype_bytes, winograd)
     else:  # one call on the whole (padded) image
@@ -646,6 +678,7 @@ class Predictor:
         configure_routed_inference(self.net, routed_inference, max_tokens)
         if not self.rules.winograd:  # like the token cap, a setting of the net from here on
             self.net.decoder.winograd = False
+            self.net.backbone.winograd = False
         self.precision = precision
         if precision == "bf16" and self.device.type == "cpu":
             from mematte.precision import BF16_CPU_FLAGS, cpu_bf16_supported

@@ -21,8 +21,9 @@ Two presets exist:
     - MEMatte clamps the known regions (alpha 0 where the trimap is 0, 1 where it is 255);
       ViTMatte's script does not clamp;
     - the alpha is saved with ``to_pil_image``, which truncates: ``⌊α · 255⌋``;
-    - the decoder's convolutions are direct ones, as in the official code (no Winograd
-      convolutions on a CPU, :mod:`mematte.models.winograd`), so the arithmetic is the same.
+    - the decoder's and the conv residuals' convolutions are direct ones, as in the official
+      code (no Winograd convolutions on a CPU, :mod:`mematte.models.winograd`), so the
+      arithmetic is the same.
 
     Not reproduced: the official MEMatte decoder runs in 512² patches zero-padded at their
     borders, which is inexact along every patch border; ours decodes exactly (tiles with
@@ -71,8 +72,8 @@ class InferenceRules:
         clamp: force the trimap's known regions to 0 / 1.
         alpha_rounding: how the alpha becomes 8 bit: ``round`` to nearest or ``truncate``
             (``⌊α · 255⌋``, what ``to_pil_image`` does).
-        winograd: let fp32 CPU inference run the decoder's wide convs as Winograd
-            convolutions (equal to direct ones up to fp32 rounding).
+        winograd: let fp32 CPU inference run the decoder's wide convs and the backbone's
+            conv residuals as Winograd convolutions (equal to direct ones up to fp32 rounding).
     """
 
     preset: str = "default"

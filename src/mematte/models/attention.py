@@ -194,6 +194,7 @@ def rel_pos_sdpa(
     rel_pos_w: Tensor,
     grid: tuple[int, int],
     chunk_elements: int | None = None,
+    query_rows: int | None = None,
 ) -> Tensor:
     """Exact decomposed-rel-pos attention: fused SDPA over chunks of queries, bias as float mask.
 
@@ -213,22 +214,25 @@ def rel_pos_sdpa(
         rel_pos_h, rel_pos_w: (L, D) rel-pos tables (resized to the grid as needed).
         grid: (H, W).
         chunk_elements: most mask elements per call (at least one grid row of one unit).
+        query_rows: only the queries of the grid's first rows (all keys still count), e.g.
+            the real rows of a window whose bottom is padding; None = every row.
 
     Returns:
-        (U, N, D).
+        (U, query_rows·W, D), (U, N, D) for every row.
     """
     h, w = grid
     u = q.shape[0]
+    h_q = h if query_rows is None else query_rows
     r_h = get_rel_pos(h, h, rel_pos_h).to(q.dtype)  # (H, H, D)
     r_w = get_rel_pos(w, w, rel_pos_w).to(q.dtype)  # (W, W, D)
     units, rows = rel_pos_chunking(u, grid, chunk_elements)
-    out = torch.empty_like(q)
+    out = q.new_empty((u, h_q * w, q.shape[-1]))
     # one mask buffer for every chunk; with autograd each chunk keeps its own (backward reads it)
     buffer = None if torch.is_grad_enabled() else q.new_empty(units * rows * w * h * w)
     for u0 in range(0, u, units):
         us = slice(u0, u0 + units)
-        for r0 in range(0, h, rows):
-            r1 = min(r0 + rows, h)
+        for r0 in range(0, h_q, rows):
+            r1 = min(r0 + rows, h_q)
             qs = slice(r0 * w, r1 * w)
             mask = rel_pos_mask(q[us, qs], r_h, r_w, (r0, r1), grid, out=buffer)
             out[us, qs] = F.scaled_dot_product_attention(q[us, qs], k[us], v[us], attn_mask=mask, scale=scale)
@@ -293,18 +297,25 @@ class Attention(nn.Module):
         """x: (B, H, W, C) → (B, H, W, C)."""
         b, h, w, c = x.shape
         q, k, v = self.qkv_heads(x.reshape(b, h * w, c))
+        return self.merge_heads(self.attend(q, k, v, (h, w)), b).view(b, h, w, c)
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, grid: tuple[int, int], query_rows: int | None = None) -> Tensor:
+        """Attention of head-split q, k, v (U, N, D) over an (H, W) grid, before the merge
+        and projection → (U, N, D); with ``query_rows`` only the queries of the grid's first
+        rows, (U, query_rows·W, D) (:func:`rel_pos_sdpa`)."""
+        h, w = grid
         if self.use_rel_pos and self.attn_impl == "sdpa":
-            out = rel_pos_sdpa(q, k, v, self.scale, self.rel_pos_h, self.rel_pos_w, (h, w),
-                               self.mask_chunk_elements(q.element_size()))
-        else:
-            rel_bias = None
-            if self.use_rel_pos:
-                rel_bias = decomposed_rel_pos(q, self.rel_pos_h, self.rel_pos_w, (h, w))
-            if self.attn_impl == "naive":
-                out = naive_attention(q, k, v, self.scale, rel_bias, (h, w))
-            else:
-                out = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
-        return self.merge_heads(out, b).view(b, h, w, c)
+            return rel_pos_sdpa(q, k, v, self.scale, self.rel_pos_h, self.rel_pos_w, grid,
+                                self.mask_chunk_elements(q.element_size()), query_rows)
+        rel_bias = None
+        if self.use_rel_pos:
+            rel_bias = decomposed_rel_pos(q, self.rel_pos_h, self.rel_pos_w, grid)
+        if self.attn_impl == "naive":
+            out = naive_attention(q, k, v, self.scale, rel_bias, grid)
+            return out if query_rows is None else out[:, : query_rows * w]
+        if query_rows is not None:
+            q = q[:, : query_rows * w]
+        return F.scaled_dot_product_attention(q, k, v, scale=self.scale)
 
     def mask_chunk_elements(self, element_bytes: int = 4) -> int:
         """Most bias-mask elements one rel-pos SDPA call holds (``mask_chunk_bytes``)."""

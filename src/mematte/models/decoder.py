@@ -28,6 +28,7 @@ from mematte.models.winograd import (
     conv3x3_winograd_padded,
     conv_qualifies,
     input_qualifies,
+    winograd_switch,
 )
 
 # Which borders of a stage's input are borders of the whole input (top, bottom, left, right):
@@ -217,6 +218,22 @@ class FusionBlock(nn.Module):
 # rows keep every band row exact (tests compare with the unbanded pass).
 BAND_HALO = 2
 
+# Fewest output rows per band of a fusion stage at inference. A band recomputes 2·BAND_HALO
+# input rows (4·BAND_HALO = 8 output rows) of its neighbours' context, so with 64 rows that
+# overhead stays at 1/8. The band size alone made the last stage of a 512-px tile 30 rows
+# high (its halo then a quarter of the stage's and the head's work): 64 rows took 0.8 s off
+# the decoder at 2048² (one thread), with no change in the measured peak.
+MIN_BAND_ROWS = 64
+
+
+def band_rows(band_pixels: int | None, width: int, min_rows: int = MIN_BAND_ROWS) -> int | None:
+    """Output rows per band of a fusion stage whose output is ``width`` pixels wide: about
+    ``band_pixels`` pixels but at least ``min_rows`` rows, even (:func:`in_row_bands`); None
+    (no bands) for ``band_pixels=None``."""
+    if band_pixels is None:
+        return None
+    return max(2, min_rows // 2 * 2, band_pixels // max(1, width) // 2 * 2)
+
 
 def in_row_bands(
     stage: Callable[[Tensor, Tensor, Edges], Tensor],
@@ -312,7 +329,9 @@ class DetailCapture(nn.Module):
         fusion_out: fusion widths at 1/8, 1/4, 1/2, 1/1.
         band_pixels: output pixels per band of a fusion stage at inference (:func:`in_row_bands`;
             16,384 = 16 rows of a 1024-wide window: a 1/2-resolution band of 368 channels is
-            then 24 MiB; None = each stage at once).
+            then 24 MiB; None = each stage at once), but at least ``min_band_rows`` rows.
+        min_band_rows: fewest output rows per band (:data:`MIN_BAND_ROWS`: the recomputed
+            context rows stay an eighth of a band).
         lean_inference: fold BatchNorm and compute in bands at inference (exact; less memory
             and time). False = the original code's tensors, for paper-faithful baselines.
         winograd: at fp32 CPU inference with ``lean_inference``, run the wide 3×3 fusion convs
@@ -327,6 +346,7 @@ class DetailCapture(nn.Module):
         convstream_out: Sequence[int] = (48, 96, 192),
         fusion_out: Sequence[int] = (256, 128, 64, 32),
         band_pixels: int | None = 16384,
+        min_band_rows: int = MIN_BAND_ROWS,
         lean_inference: bool = True,
         winograd: bool = True,
     ) -> None:
@@ -347,6 +367,7 @@ class DetailCapture(nn.Module):
         # output pixels (rows × width) per band of a fusion stage at inference; None = whole
         # stage at once (settable at run time)
         self.band_pixels: int | None = band_pixels if lean_inference else None
+        self.min_band_rows = min_band_rows
         for module in self.modules():
             if isinstance(module, (ConvBNReLU, MattingHead)):
                 module.fold_bn = lean_inference
@@ -355,13 +376,11 @@ class DetailCapture(nn.Module):
     @property
     def winograd(self) -> bool:
         """Whether fp32 CPU inference runs the wide fusion convs as Winograd convolutions."""
-        return all(m.winograd for m in self.modules() if isinstance(m, ConvBNReLU))
+        return winograd_switch(self, ConvBNReLU)
 
     @winograd.setter
     def winograd(self, value: bool) -> None:
-        for module in self.modules():
-            if isinstance(module, ConvBNReLU):
-                module.winograd = value
+        winograd_switch(self, ConvBNReLU, value)
 
     def winograd_weight_elements(self) -> int:
         """Elements of the Winograd-domain weights fp32 CPU inference keeps (36 per input/output
@@ -415,7 +434,7 @@ class DetailCapture(nn.Module):
             band = None
             if self.band_pixels is not None and not torch.is_grad_enabled():
                 width = 2 * x.shape[-1] if regions[i] is None else regions[i][3] - regions[i][2]
-                band = max(2, self.band_pixels // width // 2 * 2)
+                band = band_rows(self.band_pixels, width, self.min_band_rows)
             x = in_row_bands(stage, x, details[last - i], band, regions[i], origin)
             if regions[i] is not None:
                 origin = (regions[i][0], regions[i][2])

@@ -25,6 +25,7 @@ from mematte.models.layers import (
     resample_abs_pos_embed,
     trunc_normal_,
 )
+from mematte.models import winograd
 
 
 def window_partition(x: Tensor, window_size: int) -> tuple[Tensor, tuple[int, int]]:
@@ -83,6 +84,7 @@ class ResBottleneck(nn.Module):
             nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
         nn.init.zeros_(self.norm3.weight)
         nn.init.zeros_(self.norm3.bias)
+        self.winograd = True  # at fp32 CPU inference (add_into): the 3×3 conv by Winograd
 
     def branch(self, x: Tensor) -> Tensor:
         """The residual branch alone: (B, C, H, W) → (B, C, H, W)."""
@@ -97,24 +99,72 @@ class ResBottleneck(nn.Module):
     def add_into(self, x: Tensor, band_rows: int) -> Tensor:
         """Inference: ``x + branch(x)`` for a contiguous (B, H, W, C) grid, written into ``x``.
 
-        The branch runs on bands of ``band_rows`` rows plus one row of context on each side
-        (the 3×3 conv's reach; every other layer is per pixel), so its C/2-wide layers exist
-        for one band at a time. A band's update is added only after the next band has been
-        computed, since that band reads the last row of this one as context. Returns ``x``
-        (a promoted copy when the update's dtype is wider, as ``x + update`` would be).
+        With ``band_rows`` below the grid's height, the branch runs on bands of ``band_rows`` rows in token layout (the 1×1 convs as
+        linear layers, the LayerNorms over the last axis), so its C/2-wide layers exist for
+        one band at a time. Every row goes through ``conv1`` once: the 3×3 conv of a band
+        reads the last C/2-wide row of the band before and the first of the band after,
+        which is computed (from rows of ``x`` that no update has reached yet) before this
+        band's update is added. On a CPU in fp32 the 3×3 conv is a Winograd convolution
+        (:mod:`~mematte.models.winograd`; ``winograd = False`` turns it off) and the bands
+        are whole 4-row tiles. Returns ``x`` (a promoted copy when the update's dtype is
+        wider, as ``x + update`` would be).
         """
-        h = x.shape[1]
-        pending: tuple[int, int, Tensor] | None = None
+        b, h, w, c = x.shape
+        if band_rows >= h:  # one band: the branch as defined (the original code's tensors)
+            return add_rows_(x, 0, h, self.branch(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1))
+        use_winograd = self.winograd and winograd.conv_qualifies(self.conv2) and winograd.input_qualifies(x)
+        if use_winograd:
+            band_rows = 4 * -(-band_rows // 4)
+        band_rows = max(1, min(band_rows, h))
+        nxt = self._mid(x[:, :band_rows])
+        above: Tensor | None = None  # the C/2-wide row above the band (None at the top)
         for r0 in range(0, h, band_rows):
             r1 = min(r0 + band_rows, h)
-            lo, hi = max(0, r0 - 1), min(h, r1 + 1)
-            update = self.branch(x[:, lo:hi].permute(0, 3, 1, 2)).permute(0, 2, 3, 1)[:, r0 - lo : r1 - lo]
-            if pending is not None:
-                x = add_rows_(x, *pending)
-            pending = (r0, r1, update)
+            mid = nxt
+            nxt = self._mid(x[:, r1 : r1 + band_rows]) if r1 < h else None
+            below = nxt[:, :1] if nxt is not None else None
+            out = self._conv2_rows(above, mid, below, use_winograd)  # (B, rows, W, C/2)
+            above = mid[:, -1:]
+            del mid
+            update = self.norm3_last(F.linear(self.act2(self.norm2_last(out)), self.conv3.weight.flatten(1)))
+            del out
+            x = add_rows_(x, r0, r1, update)
             del update
-        assert pending is not None
-        return add_rows_(x, *pending)
+        return x
+
+    def norm1_last(self, t: Tensor) -> Tensor:
+        """``norm1`` over the last axis of a channels-last (…, C/2) tensor."""
+        return F.layer_norm(t, self.norm1.normalized_shape, self.norm1.weight, self.norm1.bias, self.norm1.eps)
+
+    def norm2_last(self, t: Tensor) -> Tensor:
+        """``norm2`` over the last axis of a channels-last (…, C/2) tensor."""
+        return F.layer_norm(t, self.norm2.normalized_shape, self.norm2.weight, self.norm2.bias, self.norm2.eps)
+
+    def norm3_last(self, t: Tensor) -> Tensor:
+        """``norm3`` over the last axis of a channels-last (…, C) tensor."""
+        return F.layer_norm(t, self.norm3.normalized_shape, self.norm3.weight, self.norm3.bias, self.norm3.eps)
+
+    def _mid(self, rows: Tensor) -> Tensor:
+        """``act1(norm1(conv1(rows)))`` in token layout: (B, r, W, C) → (B, r, W, C/2)."""
+        return self.act1(self.norm1_last(F.linear(rows, self.conv1.weight.flatten(1))))
+
+    def _conv2_rows(self, above: Tensor | None, mid: Tensor, below: Tensor | None, use_winograd: bool) -> Tensor:
+        """``conv2`` over the rows of ``mid`` (B, r, W, C/2), with the rows ``above`` and
+        ``below`` (B, 1, W, C/2) as context (None: the grid's zero padding) → (B, r, W, C/2)."""
+        b, r, w, c = mid.shape
+        if use_winograd:
+            padded = winograd.PaddedInput(mid, b, c, r, w)  # zero-bordered; context rows replace the zeros
+            padded.buffer[:, 1 : r + 1, 1 : w + 1] = mid
+            if above is not None:
+                padded.buffer[:, :1, 1 : w + 1] = above
+            if below is not None:
+                padded.buffer[:, r + 1 : r + 2, 1 : w + 1] = below
+            weight_t, _ = winograd.cached_winograd_weight(self, (self.conv2.weight,), lambda: (self.conv2.weight, None))
+            return winograd.conv3x3_winograd_padded(padded, weight_t).permute(0, 2, 3, 1)
+        zeros = mid.new_zeros((b, 1, w, c))
+        rows = torch.cat([zeros if above is None else above, mid, zeros if below is None else below], dim=1)
+        out = F.conv2d(rows.permute(0, 3, 1, 2), self.conv2.weight, None, 1, (0, 1))
+        return out.permute(0, 2, 3, 1)
 
 
 @dataclass
@@ -268,6 +318,15 @@ class Block(nn.Module):
             return add_rows_(x, 0, x.shape[1], mixed), routing
         b, h, w, c = x.shape
         s = self.window_size
+        if self.uses_window_strips():
+            per_image = self.strip_windows(b, h, w)
+            for r0 in range(0, h, s):
+                for c0 in range(0, w, per_image * s):
+                    strip = x[:, r0 : r0 + s, c0 : c0 + per_image * s]
+                    x = add_rows_(x, r0, r0 + strip.shape[1], self.window_strip_attention(strip), c0)
+            return x, None
+        # all at once (the original code's tensors) or naive attention: the normalised band
+        # zero-padded and partitioned
         per_row = b * -(-w // s)  # windows in one row of windows
         group = self.window_group(per_row * -(-h // s))
         rows = s * max(1, group // per_row)  # grid rows per band: whole rows of windows
@@ -279,6 +338,50 @@ class Block(nn.Module):
             x = add_rows_(x, r0, r1, window_unpartition(windows, s, padded, (r1 - r0, w)))
             del windows
         return x, None
+
+    def uses_window_strips(self) -> bool:
+        """Whether lean inference runs window attention in strips on real tokens
+        (:meth:`window_strip_attention`): in token chunks with the SDPA kernels."""
+        return self.window_size > 0 and self.window_chunk_tokens is not None and self.attn.attn_impl == "sdpa"
+
+    def strip_windows(self, batch: int, h: int, w: int) -> int:
+        """Windows per image in one strip (one call of :meth:`window_strip_attention` on a
+        (batch, h, w) grid): about ``window_group`` windows in all, at most a row of them."""
+        s = self.window_size
+        per_row = -(-w // s)
+        return max(1, min(per_row, self.window_group(batch * per_row * -(-h // s)) // batch))
+
+    def window_strip_attention(self, strip: Tensor) -> Tensor:
+        """Window attention over a strip of whole windows, one window high, on its real tokens:
+        (B, n, m, C) with n ≤ S rows → the attention branch's output (B, n, m, C).
+
+        The same values as zero-padding the normalised grid and partitioning it: a padded
+        token is zero after the LayerNorm, so its q, k and v are the qkv bias, which fills
+        the windows' padding here; the qkv and output projections run on real tokens only,
+        and in windows whose bottom rows are padding only the real rows' queries attend
+        (all 16% of padding at 2048²: 128 token rows in 14-token windows).
+        """
+        b, n, m, c = strip.shape
+        s, attn = self.window_size, self.attn
+        heads, head_dim = attn.num_heads, attn.head_dim
+        nw = -(-m // s)  # windows along the strip
+        qkv = attn.qkv(self.norm1(strip))  # (B, n, m, 3C)
+        windows = qkv.new_empty((b, s, nw * s, 3 * c))
+        fill = attn.qkv.bias if attn.qkv.bias is not None else qkv.new_zeros(3 * c)
+        windows[:, :n, :m] = qkv
+        del qkv
+        if n < s:
+            windows[:, n:] = fill.to(windows.dtype)
+        if m < nw * s:
+            windows[:, :n, m:] = fill.to(windows.dtype)
+        # (B, S, nw·S, 3, heads, D) → q, k, v (B·nw·heads, S·S, D)
+        qkv_heads = windows.view(b, s, nw, s, 3, heads, head_dim).permute(4, 0, 2, 5, 1, 3, 6)
+        q, k, v = qkv_heads.reshape(3, b * nw * heads, s * s, head_dim)
+        del windows, qkv_heads
+        out = attn.attend(q, k, v, (s, s), query_rows=n if n < s else None)  # (B·nw·heads, n·S, D)
+        del q, k, v
+        out = out.view(b, nw, heads, n, s, head_dim).permute(0, 3, 1, 4, 2, 5).reshape(b, n, nw * s, c)
+        return attn.proj(out[:, :, :m])
 
     def mlp_into(self, x: Tensor) -> Tensor:
         """``x + mlp(norm2(x))`` written into ``x``, ``mlp.chunk_tokens`` tokens at a time."""
@@ -297,14 +400,14 @@ class Block(nn.Module):
         return x
 
 
-def add_rows_(x: Tensor, r0: int, r1: int, update: Tensor) -> Tensor:
-    """``x[:, r0:r1] += update`` in place; returns ``x``. Where ``update`` has a wider dtype
-    (autocast), ``x`` is first converted to it (a copy), so the values are those of
-    ``x + update`` either way."""
+def add_rows_(x: Tensor, r0: int, r1: int, update: Tensor, c0: int = 0) -> Tensor:
+    """``x[:, r0:r1, c0:c0 + update's width] += update`` in place (all columns from ``c0``
+    on by default); returns ``x``. Where ``update`` has a wider dtype (autocast), ``x`` is
+    first converted to it (a copy), so the values are those of ``x + update`` either way."""
     wider = torch.promote_types(x.dtype, update.dtype)
     if wider != x.dtype:
         x = x.to(wider)
-    x[:, r0:r1].add_(update)
+    x[:, r0:r1, c0 : c0 + update.shape[2]].add_(update)
     return x
 
 
@@ -411,6 +514,16 @@ class ViT(nn.Module):
         elif isinstance(m, nn.LayerNorm):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
+
+    @property
+    def winograd(self) -> bool:
+        """Whether fp32 CPU inference runs the conv residuals' 3×3 convs as Winograd
+        convolutions (:meth:`ResBottleneck.add_into`)."""
+        return winograd.winograd_switch(self, ResBottleneck)
+
+    @winograd.setter
+    def winograd(self, value: bool) -> None:
+        winograd.winograd_switch(self, ResBottleneck, value)
 
     @property
     def routed_block_indexes(self) -> list[int]:

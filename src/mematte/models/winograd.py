@@ -142,6 +142,15 @@ def conv_qualifies(conv: nn.Conv2d, channel_product: int | None = None) -> bool:
     )
 
 
+def winograd_switch(root: nn.Module, kind: type[nn.Module], value: bool | None = None) -> bool:
+    """The ``winograd`` switch of every ``kind`` module under ``root``: with ``value``, set
+    them all; returns whether all are on."""
+    modules = [m for m in root.modules() if isinstance(m, kind)]
+    for module in modules if value is not None else ():
+        module.winograd = value
+    return all(m.winograd for m in modules)
+
+
 def runs_on(device_type: str, dtype_bytes: int) -> bool:
     """Whether inference on this device and activation width runs Winograd convolutions:
     fp32 on a CPU with at most :data:`MAX_THREADS` intra-op threads."""
