@@ -99,15 +99,15 @@ class ResBottleneck(nn.Module):
     def add_into(self, x: Tensor, band_rows: int) -> Tensor:
         """Inference: ``x + branch(x)`` for a contiguous (B, H, W, C) grid, written into ``x``.
 
-        With ``band_rows`` below the grid's height, the branch runs on bands of ``band_rows`` rows in token layout (the 1×1 convs as
-        linear layers, the LayerNorms over the last axis), so its C/2-wide layers exist for
-        one band at a time. Every row goes through ``conv1`` once: the 3×3 conv of a band
-        reads the last C/2-wide row of the band before and the first of the band after,
-        which is computed (from rows of ``x`` that no update has reached yet) before this
-        band's update is added. On a CPU in fp32 the 3×3 conv is a Winograd convolution
-        (:mod:`~mematte.models.winograd`; ``winograd = False`` turns it off) and the bands
-        are whole 4-row tiles. Returns ``x`` (a promoted copy when the update's dtype is
-        wider, as ``x + update`` would be).
+        With ``band_rows`` below the grid's height, the branch runs on bands of that many rows
+        in token layout (the 1×1 convs as linear layers, the LayerNorms over the last axis), so
+        its C/2-wide layers exist for one band at a time. Every row goes through ``conv1``
+        once: the 3×3 conv of a band reads the last C/2-wide row of the band before and the
+        first of the band after, which is computed (from rows of ``x`` that no update has
+        reached yet) before this band's update is added. On a CPU in fp32 the 3×3 conv is a
+        Winograd convolution (:mod:`~mematte.models.winograd`; ``winograd = False`` turns it
+        off) and the bands are whole 4-row tiles. Returns ``x`` (a promoted copy when the
+        update's dtype is wider, as ``x + update`` would be).
         """
         b, h, w, c = x.shape
         if band_rows >= h:  # one band: the branch as defined (the original code's tensors)
@@ -358,8 +358,9 @@ class Block(nn.Module):
         The same values as zero-padding the normalised grid and partitioning it: a padded
         token is zero after the LayerNorm, so its q, k and v are the qkv bias, which fills
         the windows' padding here; the qkv and output projections run on real tokens only,
-        and in windows whose bottom rows are padding only the real rows' queries attend
-        (all 16% of padding at 2048²: 128 token rows in 14-token windows).
+        and in windows whose bottom rows are padding only the real rows' queries attend.
+        At 2048² (128 token rows and columns in 14-token windows) the padding is 16% of the
+        windows' tokens.
         """
         b, n, m, c = strip.shape
         s, attn = self.window_size, self.attn
@@ -401,9 +402,9 @@ class Block(nn.Module):
 
 
 def add_rows_(x: Tensor, r0: int, r1: int, update: Tensor, c0: int = 0) -> Tensor:
-    """``x[:, r0:r1, c0:c0 + update's width] += update`` in place (all columns from ``c0``
-    on by default); returns ``x``. Where ``update`` has a wider dtype (autocast), ``x`` is
-    first converted to it (a copy), so the values are those of ``x + update`` either way."""
+    """``x[:, r0:r1, c0 : c0 + w] += update`` in place, ``w`` the update's width (all columns
+    when it has them all); returns ``x``. Where ``update`` has a wider dtype (autocast), ``x``
+    is first converted to it (a copy), so the values are those of ``x + update`` either way."""
     wider = torch.promote_types(x.dtype, update.dtype)
     if wider != x.dtype:
         x = x.to(wider)
