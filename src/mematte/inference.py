@@ -38,7 +38,7 @@ from mematte.models.decoder import BAND_HALO, DetailCapture, band_rows
 from mematte.models.matting_net import LazyInput, MattingNet, as_tensor, crop_input, padded_size
 from mematte.models.routed_block import INFERENCE_RULES, RoutedBlock
 from mematte.models.vit import ResBottleneck, RoutingInfo, ViT
-from mematte.models.winograd import conv_qualifies, runs_on as winograd_runs_on, scratch_elements
+from mematte.models.winograd import runs_on as winograd_runs_on, scratch_elements
 from mematte.presets import encode_trimap, finish_alpha, inference_rules
 from mematte.profiling import release_free_memory, tune_heap
 
@@ -349,7 +349,7 @@ def _residual_band_elements(residual: ResBottleneck, rows: int, width: int, batc
     (fp32 on a CPU, :func:`~mematte.models.winograd.runs_on`) and the block allows it."""
     c = residual.conv3.out_channels
     mid = residual.conv2.in_channels
-    winograd = winograd and residual.winograd and conv_qualifies(residual.conv2)
+    winograd = winograd and residual.winograd_eligible
     if winograd:
         rows = 4 * -(-rows // 4)
     elements = rows * width * batch * (5 * mid + 2 * c)

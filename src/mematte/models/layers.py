@@ -74,8 +74,11 @@ class LayerNorm2d(nn.LayerNorm):
 
     def forward(self, x: Tensor) -> Tensor:
         """(B, C, H, W) → (B, C, H, W)."""
-        x = F.layer_norm(x.permute(0, 2, 3, 1), self.normalized_shape, self.weight, self.bias, self.eps)
-        return x.permute(0, 3, 1, 2)
+        return self.channels_last(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+    def channels_last(self, x: Tensor) -> Tensor:
+        """The same normalisation of a channels-last (…, C) tensor (token layout)."""
+        return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
 
 
 class Mlp(nn.Module):

@@ -109,10 +109,10 @@ class ResBottleneck(nn.Module):
         off) and the bands are whole 4-row tiles. Returns ``x`` (a promoted copy when the
         update's dtype is wider, as ``x + update`` would be).
         """
-        b, h, w, c = x.shape
+        h = x.shape[1]
         if band_rows >= h:  # one band: the branch as defined (the original code's tensors)
             return add_rows_(x, 0, h, self.branch(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1))
-        use_winograd = self.winograd and winograd.conv_qualifies(self.conv2) and winograd.input_qualifies(x)
+        use_winograd = self.winograd_eligible and winograd.input_qualifies(x)
         if use_winograd:
             band_rows = 4 * -(-band_rows // 4)
         band_rows = max(1, min(band_rows, h))
@@ -126,27 +126,21 @@ class ResBottleneck(nn.Module):
             out = self._conv2_rows(above, mid, below, use_winograd)  # (B, rows, W, C/2)
             above = mid[:, -1:]
             del mid
-            update = self.norm3_last(F.linear(self.act2(self.norm2_last(out)), self.conv3.weight.flatten(1)))
-            del out
+            hidden = self.act2(self.norm2.channels_last(out))
+            update = self.norm3.channels_last(F.linear(hidden, self.conv3.weight.flatten(1)))
+            del hidden, out
             x = add_rows_(x, r0, r1, update)
             del update
         return x
 
-    def norm1_last(self, t: Tensor) -> Tensor:
-        """``norm1`` over the last axis of a channels-last (…, C/2) tensor."""
-        return F.layer_norm(t, self.norm1.normalized_shape, self.norm1.weight, self.norm1.bias, self.norm1.eps)
-
-    def norm2_last(self, t: Tensor) -> Tensor:
-        """``norm2`` over the last axis of a channels-last (…, C/2) tensor."""
-        return F.layer_norm(t, self.norm2.normalized_shape, self.norm2.weight, self.norm2.bias, self.norm2.eps)
-
-    def norm3_last(self, t: Tensor) -> Tensor:
-        """``norm3`` over the last axis of a channels-last (…, C) tensor."""
-        return F.layer_norm(t, self.norm3.normalized_shape, self.norm3.weight, self.norm3.bias, self.norm3.eps)
+    @property
+    def winograd_eligible(self) -> bool:
+        """Whether fp32 CPU inference runs the 3×3 conv as a Winograd convolution."""
+        return self.winograd and winograd.conv_qualifies(self.conv2)
 
     def _mid(self, rows: Tensor) -> Tensor:
         """``act1(norm1(conv1(rows)))`` in token layout: (B, r, W, C) → (B, r, W, C/2)."""
-        return self.act1(self.norm1_last(F.linear(rows, self.conv1.weight.flatten(1))))
+        return self.act1(self.norm1.channels_last(F.linear(rows, self.conv1.weight.flatten(1))))
 
     def _conv2_rows(self, above: Tensor | None, mid: Tensor, below: Tensor | None, use_winograd: bool) -> Tensor:
         """``conv2`` over the rows of ``mid`` (B, r, W, C/2), with the rows ``above`` and
