@@ -42,7 +42,7 @@ def bench_cfg(tmp_path: Path):
             f"out_dir={tmp_path}", "name=tiny", "repeats=2", "warmup=1", "threads=1",
             "resolutions=[[64,64],[96,128]]", "reference=tiny_vitmatte",
             "slope_pixels=[4000,20000]", "extras.print_config=false",
-            "paths.root_dir=.", "startup=null",
+            "paths.root_dir=.", "startup=null", "memory_runs=1",
         ])
         with open_dict(cfg):
             cfg.models = OmegaConf.create(TINY_MODELS)
@@ -92,6 +92,50 @@ def test_run_point_measures_memory_and_latency_in_process():
     assert len(result.latencies_s) == 2
     # 4×6 tokens, top 25 % of them through global attention in each of the routed blocks
     assert result.tokens == 24 and result.global_tokens == [6] * len(result.global_tokens)
+
+
+def test_a_fast_point_reports_the_median_peak_of_fresh_processes(bench_cfg, tmp_path: Path, monkeypatch):
+    """Points up to memory_runs_max_s run memory_runs − 1 more peak-only workers and report the
+    median peak (with every run's peak kept and the range in the table); slower points and a
+    failed extra run keep what was measured."""
+    peaks = iter([300, 100, 200, 7, 50, 40, 60])
+    started = []
+
+    def fake_measure(spec, estimate, timeout):
+        started.append(spec)
+        latency = None if spec.memory_only else (5.0 if spec.height == 64 else 50.0)
+        if spec.memory_only and spec.model == "tiny_mematte" and spec.height == 64:
+            return PointResult(spec.model, spec.height, spec.width, "error", reason="worker exit 1")
+        return PointResult(spec.model, spec.height, spec.width, "ok", peak_bytes=next(peaks) << 20,
+                           latency_s=latency, latencies_s=[] if latency is None else [latency])
+
+    monkeypatch.setattr("mematte.bench.measure", fake_measure)
+    with open_dict(bench_cfg):
+        bench_cfg.memory_runs, bench_cfg.memory_runs_max_s, bench_cfg.resume = 3, 10, False
+    results = run_benchmark(bench_cfg)
+    assert [[s.memory_only for s in started if (s.model, s.height) == key]
+            for key in (("tiny_vitmatte", 64), ("tiny_vitmatte", 96), ("tiny_mematte", 64))] == [
+        [False, True, True], [False], [False, True]]
+    assert [r.peaks_bytes for r in results] == [[300 << 20, 100 << 20, 200 << 20], [7 << 20], [50 << 20],
+                                                [40 << 20]]
+    assert [r.peak_bytes >> 20 for r in results] == [200, 7, 50, 40]
+    assert all(r.latency_s for r in results)  # the extra runs never replace the latency
+    md = (tmp_path / "tiny.md").read_text()
+    assert "| 200 (100–300) |" in md and "median over 3 fresh processes" in md
+    rows = list(csv.DictReader((tmp_path / "tiny.csv").open()))
+    assert rows[0]["peak_bytes"] == str(200 << 20) and rows[0]["peaks_bytes"].split() == [
+        str(300 << 20), str(100 << 20), str(200 << 20)]
+
+
+def test_a_peak_only_run_stops_after_the_first_prediction():
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        configs = model_net_configs(OmegaConf.create(TINY_MODELS))
+    GlobalHydra.instance().clear()
+    spec = PointSpec(model="tiny_mematte", net_config=configs["tiny_mematte"], height=64, width=96,
+                     repeats=2, warmup=1, threads=1, memory_only=True)
+    result = run_point(spec)
+    assert result.status == "ok" and result.peak_bytes > 0
+    assert result.latency_s is None and result.latencies_s == []
 
 
 @pytest.mark.slow  # four fresh worker processes (~10 s of imports each)

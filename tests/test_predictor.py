@@ -125,25 +125,37 @@ def test_freed_memory_is_released_between_stages_on_cpu(monkeypatch):
 
 
 def test_estimate_counts_the_heap_a_process_without_release_keeps(monkeypatch):
-    """On a CPU without release between stages (the paper-faithful decoder), the naive N×N
-    matrices and the decoder come on top of the heap earlier blocks left resident; with
-    release (or the same net counted as releasing) they come on top of the live tensors only."""
+    """On a CPU without release between stages (the paper-faithful decoder), tensors below
+    glibc's mmap threshold come from the heap, which stays resident once freed: later steps
+    come on top of it (the naive K×K matrices, mapped when they are large, and the decoder),
+    while tensors at or above the threshold are mappings handed back when freed."""
     import mematte.inference as inference
     from mematte.inference import _backbone_peak_elements
 
     net = small_net(routed=True, attn_impl="naive", lean_decoder=False)
     grid = (448 // 16, 448 // 16)
+    u = grid[0] * grid[1] * net.backbone.embed_dim
     peak, matrices, heap = _backbone_peak_elements(net.backbone, grid, 1, 4, retains_heap=False)
+    assert matrices > 0
+    # every tensor small (this net's are all under 32 MiB): the heap holds the most ever
+    # alive, the K×K matrices included, and the peak is what releasing would have
     kept_peak, kept_matrices, kept_heap = _backbone_peak_elements(net.backbone, grid, 1, 4, retains_heap=True)
-    assert matrices > 0 and kept_heap == heap
-    # window blocks (naive, all windows in one call) leave more heap than a routed block's
-    # gathered tokens take, so the routed block's K×K matrices stack on that heap
-    assert kept_peak == max(peak, heap + kept_matrices) > peak
+    assert kept_peak == peak and kept_heap == peak - u
+    # every tensor mapped: nothing is retained
+    monkeypatch.setattr(inference, "BOUNDED_MMAP_BYTES", 0)
+    assert _backbone_peak_elements(net.backbone, grid, 1, 4, retains_heap=True) == (peak, matrices, 0)
+    # the threshold at a K×K matrix: the matrices are mapped, and they stack on the heap the
+    # window blocks (naive, every window in one call) left, more than the routed block holds
+    monkeypatch.setattr(inference, "BOUNDED_MMAP_BYTES", 4 * matrices // 2)
+    mapped_peak, mapped_matrices, mapped_heap = _backbone_peak_elements(net.backbone, grid, 1, 4, retains_heap=True)
+    assert mapped_matrices == matrices and 0 < mapped_heap < kept_heap
+    assert mapped_peak == u + mapped_heap + matrices > peak
+    monkeypatch.undo()
     faithful = estimate_peak_bytes(net, 448, 448)  # CPU, not releasing: retains the heap
     monkeypatch.setattr(inference, "releases_freed_memory", lambda *_: True)
     releasing = estimate_peak_bytes(net, 448, 448)
     assert faithful["backbone"] == 4 * kept_peak and releasing["backbone"] == 4 * peak
-    assert faithful["decoder"] - releasing["decoder"] == 4 * heap
+    assert faithful["decoder"] - releasing["decoder"] == 4 * kept_heap
     # on CUDA (the caching allocator's own accounting) nothing is retained
     monkeypatch.setattr(inference, "releases_freed_memory", lambda *_: False)
     cuda = estimate_peak_bytes(net, 448, 448, device_type="cuda")

@@ -40,7 +40,7 @@ from mematte.models.routed_block import INFERENCE_RULES, RoutedBlock
 from mematte.models.vit import ResBottleneck, RoutingInfo, ViT
 from mematte.models.winograd import runs_on as winograd_runs_on, scratch_elements
 from mematte.presets import encode_trimap, finish_alpha, inference_rules
-from mematte.profiling import release_free_memory, tune_heap
+from mematte.profiling import BOUNDED_MMAP_BYTES, release_free_memory, tune_heap
 
 if TYPE_CHECKING:  # pragma: no cover
     from mematte.precision import GuardResult
@@ -341,21 +341,22 @@ def _routed_tokens(block: RoutedBlock, n: int) -> int:
     return k
 
 
-def _residual_band_elements(residual: ResBottleneck, rows: int, width: int, batch: int, winograd: bool) -> int:
-    """Elements a conv residual's banded inference (:meth:`~mematte.models.vit.ResBottleneck.add_into`)
+def _residual_band_tensors(residual: ResBottleneck, rows: int, width: int, batch: int, winograd: bool) -> list[int]:
+    """Elements of each tensor a conv residual's banded inference (:meth:`~mematte.models.vit.ResBottleneck.add_into`)
     holds besides the grid: this band's and the next band's C/2-wide rows, the 3×3 conv's
-    input and output, then its LayerNorm and GELU and the C-wide 1×1 conv and LayerNorm
-    (about 4.5·C per token of a band), plus the Winograd conv's buffers where ``winograd``
-    (fp32 on a CPU, :func:`~mematte.models.winograd.runs_on`) and the block allows it."""
+    input and output, then its LayerNorm and GELU (five C/2-wide band maps) and the C-wide 1×1
+    conv and LayerNorm (two), plus the Winograd conv's buffers where ``winograd`` (fp32 on a
+    CPU, :func:`~mematte.models.winograd.runs_on`) and the block allows it."""
     c = residual.conv3.out_channels
     mid = residual.conv2.in_channels
     winograd = winograd and residual.winograd_eligible
     if winograd:
         rows = 4 * -(-rows // 4)
-    elements = rows * width * batch * (5 * mid + 2 * c)
+    tokens = rows * width * batch
+    tensors = [tokens * mid] * 5 + [tokens * c] * 2
     if winograd:
-        elements += scratch_elements(mid, mid, batch * -(-rows // 4) * -(-width // 4))
-    return elements
+        tensors.append(scratch_elements(mid, mid, batch * -(-rows // 4) * -(-width // 4)))
+    return tensors
 
 
 def _backbone_peak_elements(
@@ -366,20 +367,25 @@ def _backbone_peak_elements(
 
     Returns ``(peak, matrices, heap)``: the peak; how much of it are the N×N (K×K) matrices of
     naive attention (exactly known, so the estimate's proportional margin leaves them out);
-    and the largest peak without those matrices, the heap the allocator may still hold when
-    the backbone ends.
+    and the heap the allocator still holds when the backbone ends (``retains_heap``; else the
+    largest peak without those matrices).
 
     ``retains_heap`` (a CPU process that does not hand freed memory back between blocks, as
-    the original code): glibc keeps what earlier blocks freed resident and the N×N matrices,
-    mappings of their own, come on top of it. Measured, MEMatte-S paper-faithful at 2048²:
-    every routed block peaked at the resident size before it plus its K×K matrices, and that
-    resident size crept from 235 to 411 MiB over the window blocks (their band, qkv and
-    attention buffers: up to 369 MiB modelled). ``winograd``: the conv residuals' 3×3 convs
-    run as Winograd convolutions (fp32 on a CPU) and hold their buffers.
+    the original code): glibc serves a request below its mmap threshold (adaptive, at most
+    :data:`~mematte.profiling.BOUNDED_MMAP_BYTES` on 64-bit systems) from the heap and keeps
+    it resident once freed, for later requests to reuse; a larger request is a mapping of its
+    own, handed back when freed. So the heap grows to the most such small tensors alive at
+    once, and every later step holds that heap, or its own small tensors if more, plus its
+    large ones. Measured, MEMatte-S paper-faithful: at 2048² (24 MiB token maps, 384 MiB
+    K×K matrices) each routed block peaked at the resident size before it plus its K×K
+    matrices; at 1024² (every tensor small, the K×K matrices too) 154 MiB stayed resident
+    before the decoder; at 4096² (96 MiB token maps, mapped) the heap stayed small.
+    ``winograd``: the conv residuals' 3×3 convs run as Winograd convolutions (fp32 on a CPU)
+    and hold their buffers.
 
-    Follows what the inference code allocates. With ``u = B·N·C`` (one token map), every
-    block updates the residual stream ``x`` (u) in place (:meth:`~mematte.models.vit.Block.forward_lean`),
-    so besides ``x`` a block holds:
+    Follows what the inference code allocates, tensor by tensor. With ``u = B·N·C`` (one token
+    map), every block updates the residual stream ``x`` (u) in place
+    (:meth:`~mematte.models.vit.Block.forward_lean`), so besides ``x`` a block holds:
 
     * window attention in strips (:meth:`~mematte.models.vit.Block.window_strip_attention`):
       one strip's padded qkv windows and their head split, then the rel-pos mask of one
@@ -397,87 +403,96 @@ def _backbone_peak_elements(
       tokens (gathered, normalised, qkv, head split: 8·K·C per image), plus K×K matrices
       on the naive path;
     * the MLP: one chunk of tokens (LayerNorm, hidden layer with GELU in place, output);
-    * the conv residual: :func:`_residual_band_elements` (the whole map's layers without bands);
-    * the end: the (B, C, h, w) feature copy next to ``x`` (2u); the start: the token map
-      and one strip of the embedded input (normalised and concatenated, fp32).
+    * the conv residual: :func:`_residual_band_tensors` (the whole map's layers without bands);
+    * the end: the (B, C, h, w) feature copy next to ``x``; the start: the token map and one
+      strip of the embedded input (normalised and concatenated, fp32).
     """
     hg, wg = grid
     n = hg * wg
     c = backbone.embed_dim
     u = batch * n * c
     p = backbone.patch_size
+    small_limit = BOUNDED_MMAP_BYTES // element_bytes if retains_heap else None
+    peak = heap = matrices_at_peak = 0
+
+    def step(tensors: list[int], matrices: int = 0) -> None:
+        """One step holding ``x`` and ``tensors`` (``matrices``: their naive-attention part)."""
+        nonlocal peak, heap, matrices_at_peak
+        if small_limit is None:
+            held = u + sum(tensors)
+            heap = max(heap, held - matrices)
+        else:
+            small = sum(t for t in tensors if t < small_limit)
+            heap = max(heap, small)
+            held = u + heap + sum(tensors) - small
+        if held > peak:
+            peak, matrices_at_peak = held, matrices
+
     first = backbone.blocks[0] if len(backbone.blocks) else None
     band = first.band_tokens() if first is not None else n
     strip_rows = max(1, band // max(1, batch * wg))
-    # the token map and one strip of the lazily computed input: image, normalised, cat (fp32)
+    # one strip of the lazily computed input: image, normalised, cat (fp32)
     embed_tokens = min(hg, strip_rows) * wg * batch
-    peak = u + embed_tokens * p * p * 13 * 4 // element_bytes
-    peak = max(peak, 2 * u)  # the features' (B, C, h, w) copy next to x
-    heap = peak  # the largest peak without naive attention's matrices so far
-    matrices_at_peak = 0
+    step([embed_tokens * p * p * 4 * 4 // element_bytes, embed_tokens * p * p * 3 * 4 // element_bytes,
+          embed_tokens * p * p * 6 * 4 // element_bytes])
     for block in backbone.blocks:
         attn = block.attn
         heads = attn.num_heads
-        matrices = 0
         band_tokens = block.band_tokens()
         if isinstance(block, RoutedBlock):
             k = _routed_tokens(block, n)
             rows = max(1, -(-2 * band_tokens // (batch * wg)))
-            ltrm_band = (min(hg, rows) + 4) * wg * batch * 2 * c * 3
-            gathered = batch * 8 * k * c
-            if attn.attn_impl == "naive":
-                matrices = 2 * batch * heads * k * k
+            ltrm_layer = (min(hg, rows) + 4) * wg * batch * 2 * c
+            kc = batch * k * c
             # the router: on the whole map its LayerNorm, C-wide linear and concat (the
             # original code); in chunks (Router.chunk_tokens) the kept local half of its
             # embedding and one chunk's layers
             router_chunk = getattr(block.router, "chunk_tokens", None)
-            router = int(2.5 * u) if router_chunk is None else u // 2 + 4 * batch * min(n, router_chunk) * c
-            mixing = max(router, u + ltrm_band, u + gathered + matrices)
+            if router_chunk is None:
+                step([u, u, u // 2])
+            else:
+                step([u // 2] + [batch * min(n, router_chunk) * c] * 4)
+            step([u] + [ltrm_layer] * 3)  # the LTRM output and one band of its layers
+            # the gathered tokens, normalised, qkv and its head split; K×K matrices (naive)
+            matrices = [batch * heads * k * k] * 2 if attn.attn_impl == "naive" else []
+            step([u, kc, kc, 3 * kc, 3 * kc] + matrices, sum(matrices))
         elif block.uses_window_strips():
             # one strip of windows at a time: its padded qkv windows and their head split (6·C
             # per window token), then q, k, v, the output and the rel-pos mask of one chunk
             s = block.window_size
             strip = batch * block.strip_windows(batch, hg, wg)  # windows per call
-            mixing = 6 * strip * s * s * c
-            if attn.use_rel_pos:
-                mixing += attn.rel_pos_peak_elements(strip * heads, (s, s), element_bytes)
+            mask = [attn.rel_pos_peak_elements(strip * heads, (s, s), element_bytes)] if attn.use_rel_pos else []
+            step([3 * strip * s * s * c] * 2 + mask)
         elif block.window_size > 0:
             s = block.window_size
             per_row = batch * math.ceil(wg / s)
             windows = per_row * math.ceil(hg / s)
             group = block.window_group(windows)  # windows per attention call
-            band_windows = max(group, per_row * max(1, group // per_row))
-            call = 9 * group * s * s * c
+            band_map = max(group, per_row * max(1, group // per_row)) * s * s * c
+            call = group * s * s * c
+            bias, matrices = [], []
             if attn.attn_impl == "naive":
-                matrices = 3 * group * heads * (s * s) ** 2  # logits, biased copy, softmax
+                matrices = [group * heads * (s * s) ** 2] * 3  # logits, biased copy, softmax
             elif attn.use_rel_pos:
-                call += attn.rel_pos_peak_elements(group * heads, (s, s), element_bytes)
-            mixing = 3 * band_windows * s * s * c + call + matrices
+                bias = [attn.rel_pos_peak_elements(group * heads, (s, s), element_bytes)]
+            step([band_map] * 3 + [3 * call] * 2 + [call] * 3 + bias + matrices, sum(matrices))
         else:
-            bias = 0
+            bias, matrices = [], []
             if attn.attn_impl == "naive":
-                matrices = 3 * batch * heads * n * n
+                matrices = [batch * heads * n * n] * 3
             elif attn.use_rel_pos:
-                bias = attn.rel_pos_peak_elements(batch * heads, grid, element_bytes)
-            mixing = 7 * u + bias + matrices
+                bias = [attn.rel_pos_peak_elements(batch * heads, grid, element_bytes)]
+            step([u, 3 * u, 3 * u] + bias + matrices, sum(matrices))
         chunk = block.mlp.chunk_tokens
         mlp_tokens = batch * n if chunk is None else min(batch * n, chunk)
-        mlp = mlp_tokens * (2 * c + block.mlp.fc1.out_features)
-        residual = 0
+        step([mlp_tokens * c, mlp_tokens * block.mlp.fc1.out_features, mlp_tokens * c])
         if block.residual is not None:
             rows = min(hg, max(1, -(-band_tokens // (batch * wg))))
             if rows >= hg:  # one band: the branch as defined, each layer's whole map
-                residual = 3 * u
+                step([u] * 3)
             else:
-                residual = _residual_band_elements(block.residual, rows, wg, batch, winograd)
-        mixing_peak = u + mixing
-        if retains_heap and matrices:
-            mixing_peak = max(mixing_peak - matrices, heap) + matrices
-        block_peak = max(mixing_peak, u + mlp, u + residual)
-        if block_peak > peak:
-            peak = block_peak
-            matrices_at_peak = matrices if mixing_peak >= u + max(mlp, residual) else 0
-        heap = max(heap, u + max(mixing - matrices, mlp, residual))
+                step(_residual_band_tensors(block.residual, rows, wg, batch, winograd))
+    step([u])  # the features' (B, C, h, w) copy next to x
     return peak, matrices_at_peak, heap
 
 
@@ -545,15 +560,17 @@ def estimate_peak_bytes(
         decoder += 4 * net.decoder.winograd_weight_elements()
     if retains_heap:
         # the decoder's buffers come on top of the heap the backbone left resident. Measured,
-        # MEMatte-S paper-faithful at 1024²: 154 MiB resident before the decoder (about 22 MiB
-        # of it live tensors), and the peak came in the decoder
+        # MEMatte-S paper-faithful at 1024²: 150–205 MiB resident before the decoder (about
+        # 29 MiB of it live tensors; 152 MiB of heap modelled), and the peak came in the decoder
         decoder += dtype_bytes * heap_elements
     # the end: alpha, then clamping to the trimap (two torch.where, each with its
     # zeros/ones and mask) and the 8-bit rule: 17 bytes per pixel
     finish = 17 * pixels
     activations = inputs + max(backbone, decoder, finish)
     # Allocator slack, temporaries the model misses, backend workspaces and one-off costs of
-    # a first run (_MARGIN_BYTES; less where freed memory is released between stages). Naive
+    # a first run (_MARGIN_BYTES; less where freed memory is released between stages). Among
+    # them: oneDNN copies the input of a channels-first conv into its blocked layout (the
+    # paper-faithful decoder's last fusion conv at a 512² tile: 72 MiB, measured). Naive
     # attention's N×N matrices are exact and get no proportional margin: at 2048² they are
     # 18 GiB, and a share of that would refuse images that fit.
     exact = dtype_bytes * matrix_elements if backbone >= max(decoder, finish) else 0
