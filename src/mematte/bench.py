@@ -12,8 +12,8 @@ Every (model, resolution) point runs in a **fresh subprocess** (``python -m mema
 * Latency: median wall time of ``repeats`` predictions after ``warmup`` runs (CUDA synchronised).
 * Peak over several processes: one fresh process's CPU peak moves with its address-space
   layout (glibc places and reuses freed buffers differently under ASLR: measured, MEMatte-S
-  paper-faithful at 1024², 427–517 MiB over ten processes; 367 MiB in each of three with
-  ASLR off), so a point that runs fast enough (``memory_runs_max_s``) is run again in
+  paper-faithful at 1024², 395–517 MiB over thirteen processes; 367 MiB in each of three
+  with ASLR off), so a point that runs fast enough (``memory_runs_max_s``) is run again in
   ``memory_runs − 1`` more fresh processes that only measure the peak, and the median is
   reported (``peaks_bytes`` keeps them all).
 

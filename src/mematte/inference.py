@@ -367,8 +367,7 @@ def _backbone_peak_elements(
 
     Returns ``(peak, matrices, heap)``: the peak; how much of it are the N×N (K×K) matrices of
     naive attention (exactly known, so the estimate's proportional margin leaves them out);
-    and the heap the allocator still holds when the backbone ends (``retains_heap``; else the
-    largest peak without those matrices).
+    and the heap the allocator still holds when the backbone ends (0 unless ``retains_heap``).
 
     ``retains_heap`` (a CPU process that does not hand freed memory back between blocks, as
     the original code): glibc serves a request below its mmap threshold (adaptive, at most
@@ -420,7 +419,6 @@ def _backbone_peak_elements(
         nonlocal peak, heap, matrices_at_peak
         if small_limit is None:
             held = u + sum(tensors)
-            heap = max(heap, held - matrices)
         else:
             small = sum(t for t in tensors if t < small_limit)
             heap = max(heap, small)
@@ -431,10 +429,11 @@ def _backbone_peak_elements(
     first = backbone.blocks[0] if len(backbone.blocks) else None
     band = first.band_tokens() if first is not None else n
     strip_rows = max(1, band // max(1, batch * wg))
-    # one strip of the lazily computed input: image, normalised, cat (fp32)
+    # one strip of the lazily computed input, fp32: the float image, its mean-subtracted and
+    # std-divided copies (3 channels each) and the concat with the trimap (4)
     embed_tokens = min(hg, strip_rows) * wg * batch
-    step([embed_tokens * p * p * 4 * 4 // element_bytes, embed_tokens * p * p * 3 * 4 // element_bytes,
-          embed_tokens * p * p * 6 * 4 // element_bytes])
+    channel = embed_tokens * p * p * 4 // element_bytes  # one fp32 channel of the strip
+    step([3 * channel] * 3 + [4 * channel])
     for block in backbone.blocks:
         attn = block.attn
         heads = attn.num_heads
